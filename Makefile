@@ -1,0 +1,47 @@
+# The course's two commands:  make lab  (open the notebooks)  and  make test  (check everything).
+#
+# Variables a user may override on the command line:
+#   PYTHON  the interpreter that creates the virtual environment (3.10 to 3.12)
+#   TORCH   the PyTorch requirement installed first. The default is the CPU build pinned for the
+#           course machines; on a CUDA machine use for example
+#             make lab TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
+#           or TORCH=torch to take whatever build pip picks for your platform.
+#   VENV    where the virtual environment lives (default .venv)
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+STUDENT_DIR ?= student
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.course-installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup lab test unit notebooks info clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# Unit tests, then every notebook executed top to bottom by nbval.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest notebooks --nbval-lax
+
+info: $(STAMP)
+	$(BIN)/python -m course_lib info
+
+clean:
+	rm -rf $(VENV) $(STUDENT_DIR) .pytest_cache

@@ -1,0 +1,119 @@
+"""Argument checks shared by the whole library.
+
+Every public function a learner can call with a wrong argument raises a ``ValueError`` (or a
+``TypeError`` for a wrong type) whose message says three things: what was given, what was
+expected, and what to do. These helpers keep those messages uniform.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+__all__ = [
+    "check_choice",
+    "check_finite",
+    "check_shape",
+    "check_floating",
+    "check_timesteps",
+    "check_int_range",
+    "check_number",
+]
+
+
+def check_choice(value: str, choices: Sequence[str], what: str) -> str:
+    """Return ``value`` if it is one of ``choices``, else raise a ValueError listing them."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(
+            f"Unknown {what} {value!r}. Expected one of: {', '.join(repr(c) for c in choices)}. "
+            f"Pick one of those names."
+        )
+    return value
+
+
+def check_int_range(value, name: str, low: int, high: int | None = None, hint: str = "") -> int:
+    """Check ``low <= value <= high`` (``high=None``: no upper bound) for an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}.")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}. {hint}".rstrip())
+    return value
+
+
+def check_number(value, name: str, minimum: float | None = None, hint: str = "") -> float:
+    """Check a real number (and optionally ``value >= minimum``); return it as float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be a finite number, got {value}. {hint}".rstrip())
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}. {hint}".rstrip())
+    return value
+
+
+def check_floating(x, name: str) -> torch.Tensor:
+    """Check that ``x`` is a floating-point tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor, got {type(x).__name__}. "
+            f"Convert it with torch.as_tensor(...)."
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating-point tensor, got dtype {x.dtype}. "
+            f"Convert it with {name}.float()."
+        )
+    return x
+
+
+def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Check that a tensor has no NaN or infinity (a diverged model or a bad input)."""
+    check_floating(x, name)
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(
+            f"{name} contains {bad} non-finite values (NaN or inf) out of {x.numel()}. "
+            f"Check the input for NaNs, lower the learning rate, or use float32 instead of float16."
+        )
+    return x
+
+
+def check_shape(x: torch.Tensor, name: str, expected: Iterable, hint: str = "") -> torch.Tensor:
+    """Check a tensor's shape against ``expected``; ``None`` entries match any size.
+
+    ``check_shape(x, "sample", (None, 1, 16, 16))`` accepts any batch of 1x16x16 images.
+    """
+    expected = tuple(expected)
+    ok = x.ndim == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        shown = "(" + ", ".join("B" if e is None else str(e) for e in expected) + ")"
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, expected {shown}. {hint}".rstrip()
+        )
+    return x
+
+
+def check_timesteps(t, num_train_timesteps: int, name: str = "t") -> torch.Tensor:
+    """Check integer timesteps in [0, num_train_timesteps - 1]; return a LongTensor."""
+    if isinstance(t, int) and not isinstance(t, bool):
+        t = torch.tensor([t])
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be an int or a LongTensor of timesteps, got {type(t).__name__}.")
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(
+                f"{name} must hold integer timesteps, got non-integer values such as {t.flatten()[0].item()}. "
+                f"Use t.long() on integer timesteps."
+            )
+        t = t.long()
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= num_train_timesteps:
+        raise ValueError(
+            f"{name} out of range: got values from {lo} to {hi}, expected 0 <= {name} <= "
+            f"{num_train_timesteps - 1} (the schedule has {num_train_timesteps} training timesteps). "
+            f"Timesteps count from 0, so the last one is {num_train_timesteps - 1}."
+        )
+    return t
