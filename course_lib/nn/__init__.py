@@ -1,0 +1,13 @@
+"""The networks of the course (no training code here).
+
+    unet.py       UNet2DConditionModel + UNetConfig: the denoiser eps_theta(x_t, t, y) of every lesson,
+                  and its building blocks (ResnetBlock2D, Timesteps, TimestepEmbedding, Downsample2D,
+                  Upsample2D)
+    attention.py  Attention, FeedForward (GEGLU), BasicTransformerBlock, Transformer2DModel
+
+Module names follow diffusers, so diffusers' and Stable Diffusion's weights load by key.
+"""
+
+from course_lib.nn.unet import UNet2DConditionModel, UNetConfig, count_parameters
+
+__all__ = ["UNet2DConditionModel", "UNetConfig", "count_parameters"]
