@@ -1,0 +1,249 @@
+"""The command line: ``python -m course_lib info | train | generate``.
+
+    python -m course_lib info                       # versions, device, checkpoints present
+    python -m course_lib train digits-ddpm [--out PATH] [--resume] [--steps N] [--device auto|cpu|cuda]
+        [--threads N] [--checkpoint-dir DIR]
+    python -m course_lib generate --model digits [--guidance none] [--steps 50] [--sampler ddim]
+        [--seed 0] [--num-images 16] [--device auto] (--out grid.png | --out-dir DIR)
+
+Errors in the arguments print one message (no traceback) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checks import check_choice, check_int_range, check_number
+from .pretrained import available_checkpoints, checkpoint_dir, load_course_model
+from .samplers import SAMPLER_NAMES, make_sampler, randn_tensor, sample_loop
+from .schedules import make_schedule
+from .train import RECIPES, resolve_device, train
+from .viz import grid_image, to_pil
+
+MODELS = ("digits", "mini-sd")
+GUIDANCE = ("none", "cfg", "classifier")
+# (model, guidance) -> the checkpoints it needs
+NEEDED_CHECKPOINTS = {
+    ("digits", "none"): ("digits-ddpm",),
+    ("digits", "cfg"): ("digits-cfg",),
+    ("digits", "classifier"): ("digits-ddpm", "digits-classifier"),
+    ("mini-sd", "cfg"): ("mini-sd",),
+}
+DISPLAY_SIZE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _device_report() -> str:
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return f"CUDA ({names}; CUDA {torch.version.cuda})"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "MPS (Apple GPU)"
+    return "CPU (no CUDA or MPS GPU found; everything in the course runs on the CPU)"
+
+
+def run_info(args) -> int:
+    folder = Path(args.checkpoint_dir) if args.checkpoint_dir else checkpoint_dir()
+    lines = [
+        f"course_lib    {__version__}",
+        f"python        {platform.python_version()}",
+        f"torch         {torch.__version__}",
+        f"transformers  {_version('transformers')}",
+        f"diffusers     {_version('diffusers')} (optional, used by the tests only)",
+        f"datasets      {_version('datasets')}",
+        f"device        {_device_report()}",
+        f"checkpoints   {folder}",
+    ]
+    names = available_checkpoints(folder)
+    for name in names:
+        try:
+            config = json.loads((folder / f"{name}.json").read_text())
+            loss = (config.get("metrics") or {}).get("loss_last_100_steps")
+            details = f"step {config.get('step')}, {config.get('train_time_s')} s" + (
+                f", loss {loss:.4f}" if isinstance(loss, float) else "")
+        except (OSError, ValueError):
+            details = "unreadable JSON"
+        lines.append(f"  {name:<20} {details}")
+    missing = sorted(set(RECIPES) - set(names))
+    if missing:
+        lines.append("  not present: " + ", ".join(missing) + " (make one with: python -m course_lib train NAME)")
+    print("\n".join(lines))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def run_train(args, argv: list[str]) -> int:
+    check_choice(args.recipe, list(RECIPES), "recipe")
+    if args.threads is not None:
+        # On a shared or small CPU, one or two threads are often faster than torch's default.
+        torch.set_num_threads(check_int_range(args.threads, "--threads", 1))
+    out = args.out
+    if out is None and args.checkpoint_dir:
+        out = Path(args.checkpoint_dir) / args.recipe
+    result = train(args.recipe, out=out, steps=args.steps, resume=args.resume, device=args.device,
+                   progress=not args.no_progress, command="python -m course_lib " + shlex.join(argv))
+    loss = result.config["metrics"]["loss_last_100_steps"]
+    print(f"{args.recipe}: step {result.step}, loss (last 100 steps) {loss:.4f}, "
+          f"{result.config['train_time_s']} s of training; wrote {result.checkpoint} and its .json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# generate
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_generate_args(args) -> None:
+    if (args.out is None) == (args.out_dir is None):
+        raise ValueError("Give exactly one of --out grid.png (one grid image) or --out-dir DIR (000.png, 001.png, ...).")
+    check_choice(args.model, MODELS, "model")
+    check_choice(args.guidance, GUIDANCE, "guidance")
+    check_choice(args.sampler, SAMPLER_NAMES, "sampler")
+    check_int_range(args.steps, "--steps", 1, 1000, hint="Use 20 to 50 sampling steps.")
+    check_int_range(args.num_images, "--num-images", 1, 1024)
+    check_int_range(args.seed, "--seed", 0)
+    check_number(args.guidance_scale, "--guidance-scale", minimum=0.0)
+    if args.model == "mini-sd":
+        raise ValueError(
+            "--model mini-sd is not available yet: it needs the text-conditioned checkpoint 'mini-sd' "
+            "(lesson 06) and the StableDiffusion pipeline (lesson 07), which this version of course_lib "
+            "does not have. Use --model digits."
+        )
+    if args.prompt is not None or args.negative_prompt is not None:
+        raise ValueError("--prompt and --negative-prompt are for --model mini-sd; the digits model takes --label.")
+    if args.guidance != "none":
+        needed = " and ".join(repr(n) for n in NEEDED_CHECKPOINTS[(args.model, args.guidance)])
+        raise ValueError(
+            f"--guidance {args.guidance} is not available yet: it needs the checkpoint(s) {needed} and the "
+            f"{'classifier-free' if args.guidance == 'cfg' else 'classifier'} guidance of lesson "
+            f"{'04' if args.guidance == 'cfg' else '03'}, which this version of the command line does not have. "
+            f"Use --guidance none."
+        )
+    if args.label is not None:
+        raise ValueError(
+            "--label needs guidance: the unconditional model 'digits-ddpm' (--guidance none) cannot be told "
+            "which digit to draw. Leave out --label, or use --guidance cfg|classifier once they are available."
+        )
+
+
+def run_generate(args) -> int:
+    _check_generate_args(args)
+    device = resolve_device(args.device)
+    name = NEEDED_CHECKPOINTS[(args.model, args.guidance)][0]
+    model, config = load_course_model(name, device=device, directory=args.checkpoint_dir)
+    schedule = make_schedule(**config["schedule"])
+    sampler = make_sampler(args.sampler, schedule)
+    sampler.set_timesteps(args.steps)
+    network = config["network_config"]
+    size = network.get("sample_size") or 16
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    # The starting noise x_T comes from a CPU generator: the same seed gives the same images on every device.
+    generator = torch.Generator().manual_seed(args.seed)
+    x_T = randn_tensor((args.num_images, network["in_channels"], height, width), generator=generator, device=device)
+
+    def denoise(x, t):
+        return model(x, t)
+
+    images = sample_loop(denoise, sampler, x_T, generator=generator, progress=not args.no_progress)
+    images = images.clamp(-1, 1).cpu()
+    scale = max(1, DISPLAY_SIZE // max(height, width))
+    if args.out is not None:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid_image(images, scale=scale).save(path)
+        print(f"wrote {path} ({args.num_images} images from {name}, {args.sampler} with {args.steps} steps)")
+    else:
+        folder = Path(args.out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(images):
+            to_pil(image, scale=scale).save(folder / f"{index:03d}.png")
+        print(f"wrote {args.num_images} images to {folder}/ (000.png ...) from {name}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description="Stable Diffusion course: tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{info,train,generate}")
+    folder_help = "folder of the checkpoints (default: $COURSE_CHECKPOINT_DIR or data/checkpoints)"
+
+    info = commands.add_parser("info", help="versions, device, which checkpoints are present")
+    info.add_argument("--checkpoint-dir", help=folder_help)
+
+    train_parser = commands.add_parser("train", help="train a recipe's model and save its checkpoint")
+    train_parser.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
+    train_parser.add_argument("--out", help="checkpoint path (default: <checkpoint dir>/<recipe>.safetensors)")
+    train_parser.add_argument("--resume", action="store_true", help="continue from the checkpoint's training state")
+    train_parser.add_argument("--steps", type=int, help="total steps to reach (default: the recipe's)")
+    train_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    train_parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train_parser.add_argument("--checkpoint-dir", help=folder_help)
+    train_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    generate = commands.add_parser("generate", help="sample images from a course model")
+    generate.add_argument("--model", default="digits", help=f"one of: {', '.join(MODELS)} (default: digits)")
+    generate.add_argument("--label", type=int, help="the digit to draw (needs --guidance cfg or classifier)")
+    generate.add_argument("--guidance", default="none", help=f"one of: {', '.join(GUIDANCE)} (default: none)")
+    generate.add_argument("--guidance-scale", type=float, default=3.0, help="guidance scale (1 = no guidance)")
+    generate.add_argument("--prompt", help="text prompt (--model mini-sd)")
+    generate.add_argument("--negative-prompt", help="negative prompt (--model mini-sd)")
+    generate.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
+    generate.add_argument("--sampler", default="ddim", help=f"one of: {', '.join(SAMPLER_NAMES)} (default: ddim)")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
+    generate.add_argument("--num-images", type=int, default=16, help="how many images (default: 16)")
+    generate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    generate.add_argument("--out", help="write all images as one grid PNG")
+    generate.add_argument("--out-dir", help="write one PNG per image: DIR/000.png, DIR/001.png, ...")
+    generate.add_argument("--checkpoint-dir", help=folder_help)
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit status (0 ok, 1 bad arguments, 130 interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "info":
+            return run_info(args)
+        if args.command == "train":
+            return run_train(args, argv)
+        return run_generate(args)
+    except (ValueError, TypeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
