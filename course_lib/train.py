@@ -44,7 +44,9 @@ from torch import nn
 from . import __version__
 from .checks import check_choice, check_int_range
 from .datasets import digits_tensors
-from .diffusion import diffusion_training_loss
+from .diffusion import diffusion_training_loss, q_sample
+from .nn.classifier import (ClassifierConfig, JudgeClassifier, JudgeConfig, NoisyClassifier, judge_loss,
+                            noisy_classifier_loss)
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .schedules import NoiseSchedule, make_schedule
 
@@ -85,6 +87,8 @@ def checkpoint_dir() -> Path:
 # dict as keyword arguments). Later lessons add their networks here (classifier, VAE, ...).
 NETWORKS: dict[str, tuple[type, type]] = {
     "UNet2DConditionModel": (UNetConfig, UNet2DConditionModel),
+    "NoisyClassifier": (ClassifierConfig, NoisyClassifier),
+    "JudgeClassifier": (JudgeConfig, JudgeClassifier),
 }
 
 
@@ -144,6 +148,7 @@ class Recipe:
     grad_clip: float | None = 1.0  # clip the gradient's global L2 norm (None: no clipping)
     seed: int = 0
     checkpoint_every: int = 1000  # save every this many steps (and at the end)
+    evaluate: Callable[[nn.Module], dict] | None = None  # model -> metrics saved in the final JSON
 
     def learning_rate(self, step: int, total_steps: int | None = None) -> float:
         """lr at (0-based) step of a run of total_steps (default: the recipe's steps).
@@ -265,6 +270,72 @@ _register(Recipe(
     warmup_steps=200,
     seed=0,
     checkpoint_every=500,
+))
+
+
+def _noisy_classifier_batch_loss(model, batch, schedule, generator, max_shift=0):
+    """noisy_classifier_loss on a batch of the digits (t, eps drawn from the step's generator)."""
+    return noisy_classifier_loss(model, batch["images"], batch["labels"], schedule, generator, max_shift=max_shift)
+
+
+def _judge_batch_loss(model, batch, schedule, generator, max_shift=2):
+    """judge_loss on a batch of the digits, shifted by up to max_shift pixels (augmentation)."""
+    return judge_loss(model, batch["images"], batch["labels"], generator, max_shift=max_shift)
+
+
+def _noisy_classifier_test_accuracy(model) -> dict:
+    """Accuracy of p(y | x_t, t) on the test digits at several t (one seeded noise draw)."""
+    images, labels = digits_tensors("test", size=16)
+    schedule = make_schedule(**DIGITS_SCHEDULE)
+    generator = torch.Generator().manual_seed(0)
+    accuracy = {}
+    for t in (0, 100, 250, 500, 750, 999):
+        t_batch = torch.full((len(images),), t)
+        noise = torch.randn(images.shape, generator=generator)
+        x_t = q_sample(images, t_batch, noise, schedule)
+        accuracy[str(t)] = round((model(x_t, t_batch).argmax(1) == labels).float().mean().item(), 4)
+    return {"test_accuracy_at_t": accuracy}
+
+
+def _judge_test_accuracy(model) -> dict:
+    images, labels = digits_tensors("test", size=16)
+    return {"test_accuracy": round((model(images).argmax(1) == labels).float().mean().item(), 4)}
+
+
+_register(Recipe(
+    name="digits-noisy-classifier",
+    description="noise-aware digit classifier p(y | x_t, t) for classifier guidance (lesson 03)",
+    network="NoisyClassifier",
+    network_config=ClassifierConfig().to_dict(),
+    data=_digits_train_data,
+    loss=_noisy_classifier_batch_loss,
+    loss_args={"max_shift": 0},
+    schedule=DIGITS_SCHEDULE,
+    steps=1500,
+    batch_size=128,
+    lr=2e-3,
+    warmup_steps=75,
+    seed=0,
+    checkpoint_every=500,
+    evaluate=_noisy_classifier_test_accuracy,
+))
+
+_register(Recipe(
+    name="digits-judge",
+    description="clean-digit classifier that only evaluates samples, never guides (lessons 03-04)",
+    network="JudgeClassifier",
+    network_config=JudgeConfig().to_dict(),
+    data=_digits_train_data,
+    loss=_judge_batch_loss,
+    loss_args={"max_shift": 2},
+    schedule=None,
+    steps=600,
+    batch_size=128,
+    lr=2e-3,
+    warmup_steps=30,
+    seed=0,
+    checkpoint_every=300,
+    evaluate=_judge_test_accuracy,
 ))
 
 
@@ -563,6 +634,11 @@ def train(
 
     def save(done: int) -> dict:
         config = _checkpoint_config(recipe, model, schedule, done, steps, command, train_time, losses, device)
+        if recipe.evaluate is not None and done == steps:
+            model.eval()
+            with torch.no_grad():
+                config["metrics"].update(recipe.evaluate(model))
+            model.train()
         save_checkpoint(paths["weights"], model, config)
         _save_training_state(paths, recipe, optimizer, done, losses, train_time)
         return config
