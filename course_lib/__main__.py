@@ -3,8 +3,9 @@
     python -m course_lib info                       # versions, device, checkpoints present
     python -m course_lib train digits-ddpm [--out PATH] [--resume] [--steps N] [--device auto|cpu|cuda]
         [--threads N] [--checkpoint-dir DIR]
-    python -m course_lib generate --model digits [--guidance none] [--steps 50] [--sampler ddim]
-        [--seed 0] [--num-images 16] [--device auto] (--out grid.png | --out-dir DIR)
+    python -m course_lib generate --model digits [--label L] [--guidance none|cfg|classifier]
+        [--guidance-scale S] [--steps 50] [--sampler ddim] [--seed 0] [--num-images 16] [--device auto]
+        (--out grid.png | --out-dir DIR)
 
 Errors in the arguments print one message (no traceback) and exit with status 1.
 """
@@ -23,6 +24,7 @@ import torch
 
 from . import __version__
 from .checks import check_choice, check_int_range, check_number
+from .guidance import cfg_denoiser, classifier_guided_denoiser
 from .pretrained import available_checkpoints, checkpoint_dir, load_course_model
 from .samplers import SAMPLER_NAMES, make_sampler, randn_tensor, sample_loop
 from .schedules import make_schedule
@@ -35,9 +37,11 @@ GUIDANCE = ("none", "cfg", "classifier")
 NEEDED_CHECKPOINTS = {
     ("digits", "none"): ("digits-ddpm",),
     ("digits", "cfg"): ("digits-cfg",),
-    ("digits", "classifier"): ("digits-ddpm", "digits-classifier"),
+    ("digits", "classifier"): ("digits-ddpm", "digits-noisy-classifier"),
     ("mini-sd", "cfg"): ("mini-sd",),
 }
+# the default guidance scale of each method (lessons 03-04 measure these choices)
+DEFAULT_GUIDANCE_SCALE = {"cfg": 3.0, "classifier": 5.0}
 DISPLAY_SIZE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -126,7 +130,9 @@ def _check_generate_args(args) -> None:
     check_int_range(args.steps, "--steps", 1, 1000, hint="Use 20 to 50 sampling steps.")
     check_int_range(args.num_images, "--num-images", 1, 1024)
     check_int_range(args.seed, "--seed", 0)
-    check_number(args.guidance_scale, "--guidance-scale", minimum=0.0)
+    if args.guidance_scale is not None:
+        check_number(args.guidance_scale, "--guidance-scale", minimum=0.0,
+                     hint="Guidance scales are 0 or more: 1 means no classifier-free guidance, 0 no classifier guidance.")
     if args.model == "mini-sd":
         raise ValueError(
             "--model mini-sd is not available yet: it needs the text-conditioned checkpoint 'mini-sd' "
@@ -135,19 +141,42 @@ def _check_generate_args(args) -> None:
         )
     if args.prompt is not None or args.negative_prompt is not None:
         raise ValueError("--prompt and --negative-prompt are for --model mini-sd; the digits model takes --label.")
-    if args.guidance != "none":
-        needed = " and ".join(repr(n) for n in NEEDED_CHECKPOINTS[(args.model, args.guidance)])
+    if args.guidance == "none":
+        if args.label is not None:
+            raise ValueError(
+                "--label needs guidance: the unconditional model 'digits-ddpm' (--guidance none) cannot be told "
+                "which digit to draw. Add --guidance cfg (classifier-free, lesson 04) or --guidance classifier "
+                "(lesson 03), or leave out --label."
+            )
+        if args.guidance_scale is not None:
+            raise ValueError("--guidance-scale has no effect with --guidance none. Leave it out, or choose a guidance.")
+    elif args.label is not None:
+        check_int_range(args.label, "--label", 0, 9, hint="The digits model knows the classes 0 to 9.")
+
+
+def _digits_denoiser(args, model, config, sampler, labels, device):
+    """denoise(x, t) for the digits model and the chosen guidance."""
+    scale = DEFAULT_GUIDANCE_SCALE.get(args.guidance) if args.guidance_scale is None else args.guidance_scale
+    if args.guidance == "none":
+        return lambda x, t: model(x, t), None
+    if args.guidance == "cfg":
+        null_class = config["network_config"]["num_class_embeds"] - 1  # the last class embedding is "no label"
+        return cfg_denoiser(model, labels, scale, null_label=null_class), scale
+    classifier, classifier_config = load_course_model("digits-noisy-classifier", device=device,
+                                                      directory=args.checkpoint_dir)
+    num_classes = classifier_config["network_config"]["num_classes"]
+    if num_classes != 10:
         raise ValueError(
-            f"--guidance {args.guidance} is not available yet: it needs the checkpoint(s) {needed} and the "
-            f"{'classifier-free' if args.guidance == 'cfg' else 'classifier'} guidance of lesson "
-            f"{'04' if args.guidance == 'cfg' else '03'}, which this version of the command line does not have. "
-            f"Use --guidance none."
+            f"The classifier 'digits-noisy-classifier' knows {num_classes} classes, but the digits need 10. "
+            f"Retrain it with: python -m course_lib train digits-noisy-classifier"
         )
-    if args.label is not None:
+    if classifier_config["network_config"]["num_train_timesteps"] != config["schedule"]["num_train_timesteps"]:
         raise ValueError(
-            "--label needs guidance: the unconditional model 'digits-ddpm' (--guidance none) cannot be told "
-            "which digit to draw. Leave out --label, or use --guidance cfg|classifier once they are available."
+            f"The classifier was trained for {classifier_config['network_config']['num_train_timesteps']} timesteps "
+            f"but the diffusion model has {config['schedule']['num_train_timesteps']}: it cannot read this model's "
+            f"noisy images. Retrain it with: python -m course_lib train digits-noisy-classifier"
         )
+    return classifier_guided_denoiser(model, classifier, labels, scale, sampler), scale
 
 
 def run_generate(args) -> int:
@@ -165,9 +194,12 @@ def run_generate(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     x_T = randn_tensor((args.num_images, network["in_channels"], height, width), generator=generator, device=device)
 
-    def denoise(x, t):
-        return model(x, t)
-
+    # the digit each image is asked to be: --label, or 0 1 2 ... 9 0 1 ... across the images
+    if args.label is not None:
+        labels = torch.full((args.num_images,), args.label, device=device)
+    else:
+        labels = torch.arange(args.num_images, device=device) % 10
+    denoise, guidance_scale = _digits_denoiser(args, model, config, sampler, labels, device)
     images = sample_loop(denoise, sampler, x_T, generator=generator, progress=not args.no_progress)
     images = images.clamp(-1, 1).cpu()
     scale = max(1, DISPLAY_SIZE // max(height, width))
@@ -175,7 +207,8 @@ def run_generate(args) -> int:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         grid_image(images, scale=scale).save(path)
-        print(f"wrote {path} ({args.num_images} images from {name}, {args.sampler} with {args.steps} steps)")
+        guidance = "no guidance" if guidance_scale is None else f"{args.guidance} guidance at scale {guidance_scale:g}"
+        print(f"wrote {path} ({args.num_images} images from {name}, {guidance}, {args.sampler} with {args.steps} steps)")
     else:
         folder = Path(args.out_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -210,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="sample images from a course model")
     generate.add_argument("--model", default="digits", help=f"one of: {', '.join(MODELS)} (default: digits)")
-    generate.add_argument("--label", type=int, help="the digit to draw (needs --guidance cfg or classifier)")
+    generate.add_argument("--label", type=int,
+                          help="the digit to draw, 0-9 (needs --guidance cfg or classifier; default: 0, 1, ..., 9 in turn)")
     generate.add_argument("--guidance", default="none", help=f"one of: {', '.join(GUIDANCE)} (default: none)")
-    generate.add_argument("--guidance-scale", type=float, default=3.0, help="guidance scale (1 = no guidance)")
+    generate.add_argument("--guidance-scale", type=float,
+                          help="cfg: diffusers' guidance_scale, 1 = no guidance (default 3); "
+                               "classifier: lambda, 0 = no guidance (default 5)")
     generate.add_argument("--prompt", help="text prompt (--model mini-sd)")
     generate.add_argument("--negative-prompt", help="negative prompt (--model mini-sd)")
     generate.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")

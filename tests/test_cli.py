@@ -28,6 +28,15 @@ def _tiny_recipe(monkeypatch):
     torch.set_num_threads(threads)  # train --threads changes it
 
 
+def _save_random(folder, recipe_name, **config_changes):
+    recipe = RECIPES[recipe_name]
+    network_config = {**recipe.network_config, **config_changes}
+    torch.manual_seed(0)
+    model = build_network(recipe.network, network_config)
+    save_checkpoint(folder / recipe_name, model, {"network": recipe.network, "network_config": network_config,
+                                                  "schedule": recipe.schedule, "recipe": recipe_name, "step": 0})
+
+
 @pytest.fixture
 def digits_folder(tmp_path):
     """A folder with a randomly initialised 'digits-ddpm' checkpoint (same network as the recipe)."""
@@ -107,11 +116,14 @@ def test_generate_with_every_sampler(capsys, digits_folder, tmp_path, sampler):
     (["generate", "--num-images", "0"], "--num-images must be between 1 and 1024"),
     (["generate", "--model", "dalle"], "Unknown model 'dalle'"),
     (["generate", "--model", "mini-sd", "--prompt", "a red circle"], "--model mini-sd is not available yet"),
-    (["generate", "--guidance", "cfg", "--label", "3"], "--guidance cfg is not available yet: it needs the "
-                                                        "checkpoint\\(s\\) 'digits-cfg'"),
-    (["generate", "--guidance", "classifier"], "'digits-ddpm' and 'digits-classifier'"),
+    (["generate", "--guidance", "cfg", "--label", "3"], "No checkpoint 'digits-cfg'|digits-cfg.*missing|"
+                                                        "python -m course_lib train digits-cfg"),
+    (["generate", "--guidance", "cfg", "--label", "10"], "--label must be between 0 and 9, got 10"),
+    (["generate", "--guidance", "classifier", "--label", "-1"], "--label must be between 0 and 9, got -1"),
+    (["generate", "--guidance", "magic"], "Unknown guidance 'magic'"),
     (["generate", "--label", "3"], "--label needs guidance"),
-    (["generate", "--guidance-scale", "-1"], "--guidance-scale must be at least 0"),
+    (["generate", "--guidance-scale", "2"], "--guidance-scale has no effect with --guidance none"),
+    (["generate", "--guidance", "cfg", "--guidance-scale", "-1"], "--guidance-scale must be at least 0"),
 ])
 def test_errors_print_a_message_and_exit_non_zero(capsys, tmp_path, argv, message):
     if argv[0] == "train":
@@ -128,6 +140,35 @@ def test_generate_output_arguments(capsys, tmp_path):
     for extra in ([], ["--out", "a.png", "--out-dir", "b"]):
         status, _, err = _run(capsys, "generate", *extra)
         assert status == 1 and "Give exactly one of --out grid.png (one grid image) or --out-dir DIR" in err
+
+
+@pytest.mark.parametrize("guidance", ["cfg", "classifier"])
+def test_generate_with_guidance(capsys, tmp_path, guidance):
+    for name in ("digits-ddpm", "digits-cfg", "digits-noisy-classifier"):
+        _save_random(tmp_path, name)
+    status, out, err = _run(capsys, "generate", "--guidance", guidance, "--label", "7", "--checkpoint-dir", str(tmp_path),
+                            "--steps", "2", "--num-images", "3", "--device", "cpu", "--no-progress",
+                            "--out", str(tmp_path / "g.png"))
+    assert status == 0, err
+    default = {"cfg": "3", "classifier": "5"}[guidance]
+    assert f"{guidance} guidance at scale {default}" in out
+
+
+def test_classifier_guidance_needs_the_classifier_checkpoint(capsys, digits_folder, tmp_path):
+    status, _, err = _run(capsys, "generate", "--guidance", "classifier", "--checkpoint-dir", str(digits_folder),
+                          "--out", str(tmp_path / "g.png"))
+    assert status == 1 and "python -m course_lib train digits-noisy-classifier" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_classes": 5}, "knows 5 classes, but the digits need 10"),
+    ({"num_train_timesteps": 500}, "trained for 500 timesteps but the diffusion model has 1000"),
+])
+def test_classifier_that_does_not_match_is_refused(capsys, digits_folder, tmp_path, change, message):
+    _save_random(digits_folder, "digits-noisy-classifier", **change)
+    status, _, err = _run(capsys, "generate", "--guidance", "classifier", "--checkpoint-dir", str(digits_folder),
+                          "--out", str(tmp_path / "g.png"))
+    assert status == 1 and message in err and "Traceback" not in err
 
 
 def test_missing_checkpoint_names_the_train_command(capsys, tmp_path):
