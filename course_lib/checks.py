@@ -19,6 +19,7 @@ __all__ = [
     "check_timesteps",
     "check_int_range",
     "check_number",
+    "check_labels",
 ]
 
 
@@ -117,3 +118,39 @@ def check_timesteps(t, num_train_timesteps: int, name: str = "t") -> torch.Tenso
             f"Timesteps count from 0, so the last one is {num_train_timesteps - 1}."
         )
     return t
+
+
+def check_labels(labels, num_classes: int | None, batch_size: int | None = None, name: str = "labels") -> torch.Tensor:
+    """Check class labels: an integer tensor (B,) with values in [0, num_classes).
+
+    :param labels: the labels y
+    :param num_classes: K; ``None`` skips the range check
+    :param batch_size: B the labels must match; ``None`` skips the check
+    :return: ``labels`` as a LongTensor
+    """
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}. "
+            f"Use torch.tensor([3, 1, 4])."
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}. Use {name}.long()."
+        )
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{name} has shape {tuple(labels.shape)}, expected (B,): one class index per image. "
+            f"Flatten it with {name}.reshape(-1)."
+        )
+    if batch_size is not None and labels.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but the batch has {batch_size} images. Give one label per image (x_T of shape (B, C, H, W) needs B labels)."
+        )
+    if num_classes is not None and labels.numel() > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(
+                f"{name} must lie in [0, {num_classes - 1}] ({num_classes} classes), got values from {low} to "
+                f"{high}. Check that the labels belong to this dataset and that the model's num_classes is right."
+            )
+    return labels.long()

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .checks import check_finite, check_floating, check_number, check_shape
+from .checks import check_finite, check_floating, check_labels, check_number, check_shape
 from .samplers import Sampler
 
 __all__ = [
@@ -60,21 +60,6 @@ def _per_item(value, like: torch.Tensor) -> torch.Tensor | float:
         return value
     value = value.to(device=like.device, dtype=like.dtype)
     return value.reshape(-1, *([1] * (like.ndim - 1))) if value.ndim == 1 else value
-
-
-def _check_labels(labels, batch: int | None, name: str = "labels") -> torch.Tensor:
-    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.ndim != 1:
-        shown = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(
-            f"{name} must be a 1-D integer tensor of class indices, one per image, got {shown}. "
-            f"Use torch.tensor([3, 3, 7]) or labels.long()."
-        )
-    if batch is not None and labels.shape[0] != batch:
-        raise ValueError(
-            f"{name} has {labels.shape[0]} entries but the batch has {batch} images. "
-            f"Give one label per image (x_T of shape (B, C, H, W) needs B labels)."
-        )
-    return labels
 
 
 def _timestep_batch(t, batch: int, device) -> torch.Tensor:
@@ -117,7 +102,7 @@ def classifier_log_prob_grad(
     :return: $\\nabla_{x_t} \\log p_\\phi(y \\mid x_t, t)$, same shape as x_t
     """
     check_finite(x_t, "x_t")
-    y = _check_labels(y, x_t.shape[0], "y")
+    y = check_labels(y, None, x_t.shape[0], name="y")
     with torch.enable_grad():
         x = x_t.detach().requires_grad_(True)
         logits = classifier(x, _timestep_batch(t, x.shape[0], x.device))
@@ -193,13 +178,13 @@ def cfg_denoiser(unet: Callable[..., torch.Tensor], labels: torch.Tensor, scale,
     :param null_label: the class index the model was trained with for "no label", $\\varnothing$
     :return: ``denoise(x_in, t) -> eps`` for :func:`course_lib.samplers.sample_loop`
     """
-    labels = _check_labels(labels, None)
+    labels = check_labels(labels, None)
     scale = _check_scale(scale, labels.shape[0])
     if isinstance(null_label, bool) or not isinstance(null_label, int):
         raise TypeError(f"null_label must be an int class index, got {null_label!r}.")
 
     def denoise(x: torch.Tensor, t) -> torch.Tensor:
-        _check_labels(labels, x.shape[0])
+        check_labels(labels, None, x.shape[0])
         y = labels.to(x.device)
         if not isinstance(scale, torch.Tensor) and scale == 1.0:
             return unet(x, _timestep_batch(t, x.shape[0], x.device), class_labels=y)
@@ -232,13 +217,13 @@ def classifier_guided_denoiser(
     :param sampler: the sampler in use; gives $\\bar\\alpha_t$ via ``sampler.alpha_bar(t)``
     :return: ``denoise(x_in, t) -> eps`` for :func:`course_lib.samplers.sample_loop`
     """
-    labels = _check_labels(labels, None)
+    labels = check_labels(labels, None)
     scale = _check_scale(scale, labels.shape[0])
     if not isinstance(sampler, Sampler):
         raise TypeError(f"sampler must be a course_lib Sampler, got {type(sampler).__name__}. Use make_sampler(...).")
 
     def denoise(x: torch.Tensor, t) -> torch.Tensor:
-        _check_labels(labels, x.shape[0])
+        check_labels(labels, None, x.shape[0])
         t_batch = _timestep_batch(t, x.shape[0], x.device)
         eps = unet(x, t_batch)
         return classifier_guided_eps(eps, x, t_batch, labels.to(x.device), classifier, scale, sampler.alpha_bar(t))

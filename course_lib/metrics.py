@@ -31,8 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .checks import check_finite, check_floating, check_int_range, check_number
-from .nn.classifier import check_labels
+from .checks import check_finite, check_floating, check_int_range, check_labels, check_number
 
 __all__ = [
     "judge_predictions",

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from course_lib.checks import check_labels
 from course_lib.diffusion import q_sample
 from course_lib.nn import unet as unet_module
 from course_lib.nn.classifier import (
@@ -14,21 +15,11 @@ from course_lib.nn.classifier import (
     JudgeClassifier,
     JudgeConfig,
     NoisyClassifier,
-    check_labels,
     judge_loss,
     noisy_classifier_loss,
     random_shift,
 )
 from course_lib.schedules import make_schedule
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones (OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 TINY = ClassifierConfig(block_out_channels=(8, 16), norm_num_groups=4, sample_size=8, num_train_timesteps=50)
 TINY_JUDGE = JudgeConfig(channels=(4, 8), feature_dim=12, sample_size=8)
@@ -159,7 +150,7 @@ def test_noisy_classifier_loss_errors(classifier, schedule):
     x0 = torch.zeros(2, 1, 8, 8)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\].*from 0 to 10"):
         noisy_classifier_loss(classifier, x0, torch.tensor([0, 10]), schedule)
-    with pytest.raises(ValueError, match="labels has 3 entries but there are 2 images"):
+    with pytest.raises(ValueError, match="labels has 3 entries but the batch has 2 images"):
         noisy_classifier_loss(classifier, x0, torch.tensor([0, 1, 2]), schedule)
     with pytest.raises(ValueError, match=r"x0 has shape \(2, 8, 8\)"):
         noisy_classifier_loss(classifier, x0[:, 0], torch.tensor([0, 1]), schedule)

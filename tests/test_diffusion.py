@@ -26,15 +26,6 @@ from course_lib.schedules import SCHEDULE_KINDS, make_schedule
 SD = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and kinder to a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(seed=0, shape=(4, 3, 5, 5), dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand(shape, generator=g, dtype=dtype) * 2 - 1

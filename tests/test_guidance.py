@@ -21,15 +21,6 @@ SHAPE = (3, 2, 4, 4)
 NUM_CLASSES = 4  # class 4 = the null label
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and kinder to a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyUNet(nn.Module):
     """Stand-in with the course UNet's signature: unet(sample, timestep, encoder_hidden_states, class_labels)."""
 
@@ -227,7 +218,7 @@ def test_classifier_guidance_errors():
     x = _eps(0)
     with pytest.raises(ValueError, match="y has 2 entries but the batch has 3 images"):
         classifier_log_prob_grad(classifier, x, 10, torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="y must be a 1-D integer tensor"):
+    with pytest.raises(ValueError, match="y must be an integer tensor|y has shape"):
         classifier_log_prob_grad(classifier, x, 10, torch.tensor([0.0, 1.0, 2.0]))
     with pytest.raises(ValueError, match=r"class indices in 0..3, got values \[0, 1, 9\]"):
         classifier_log_prob_grad(classifier, x, 10, torch.tensor([0, 1, 9]))
@@ -265,7 +256,7 @@ def test_cfg_denoiser_errors():
     unet = TinyUNet()
     with pytest.raises(ValueError, match="labels has 2 entries but the batch has 3 images"):
         cfg_denoiser(unet, torch.tensor([0, 1]), 3.0, NUM_CLASSES)(_eps(0), torch.tensor(5))
-    with pytest.raises(ValueError, match="labels must be a 1-D integer tensor"):
+    with pytest.raises(ValueError, match="labels must be an integer tensor|labels has shape"):
         cfg_denoiser(unet, torch.tensor([[0, 1, 2]]), 3.0, NUM_CLASSES)
     with pytest.raises(ValueError, match="scale must be at least 0.0"):
         cfg_denoiser(unet, torch.tensor([0, 1, 2]), -2.0, NUM_CLASSES)

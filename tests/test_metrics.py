@@ -25,15 +25,6 @@ from course_lib.metrics import (
 from course_lib.nn.classifier import JudgeClassifier, JudgeConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones (OpenMP spinning)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class FakeJudge(nn.Module):
     """Predicts the class stored in pixel (0, 0) of each image; features are the first 3 pixels."""
 
@@ -88,7 +79,7 @@ def test_judge_accuracy_and_per_class_accuracy():
 def test_accuracy_errors():
     judge = FakeJudge()
     images = images_saying([0, 1])
-    with pytest.raises(ValueError, match="labels has 3 entries but there are 2 images"):
+    with pytest.raises(ValueError, match="labels has 3 entries but the batch has 2 images"):
         judge_accuracy(judge, images, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\]"):
         judge_accuracy(judge, images, torch.tensor([0, 10]))
@@ -153,7 +144,7 @@ def test_diversity_errors():
         diversity(images, torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match=r"features has shape \(2, 4\), expected \(3, D\)"):
         diversity(images, features=torch.randn(2, 4))
-    with pytest.raises(ValueError, match="labels has 2 entries but there are 3 images"):
+    with pytest.raises(ValueError, match="labels has 2 entries but the batch has 3 images"):
         diversity(images, torch.tensor([0, 0]))
 
 

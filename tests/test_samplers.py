@@ -37,15 +37,6 @@ DIFFUSERS_CLASS = {
 SHAPE = (2, 3, 4, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and kinder to a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def fake_model(x, t):
     """A deterministic stand-in for the UNet: eps as a smooth function of x and t."""
     return 0.6 * torch.tanh(x) + 0.3 * torch.sin(float(t) / 70 + 2 * x)

@@ -19,15 +19,6 @@ SETTINGS = [  # (num_train_timesteps, beta_start, beta_end)
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and kinder to a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", SCHEDULE_KINDS)
 @pytest.mark.parametrize("T, beta_start, beta_end", SETTINGS)
 def test_equals_diffusers_bit_for_bit(kind, T, beta_start, beta_end):

@@ -87,15 +87,6 @@ SD21_CONFIG = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU they lose a lot."""
-    num_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(num_threads)
-
-
 def make_inputs(config: UNetConfig, batch_size=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     size = config.sample_size

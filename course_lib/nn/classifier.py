@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import check_floating, check_int_range, check_timesteps
+from course_lib.checks import check_floating, check_int_range, check_labels, check_timesteps
 from course_lib.diffusion import q_sample
 from course_lib.nn.unet import DownBlock2D, MidBlock2D, TimestepEmbedding, Timesteps
 from course_lib.schedules import NoiseSchedule
@@ -40,7 +40,6 @@ __all__ = [
     "NoisyClassifier",
     "JudgeConfig",
     "JudgeClassifier",
-    "check_labels",
     "random_shift",
     "noisy_classifier_loss",
     "judge_loss",
@@ -49,42 +48,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------------------
 # Argument checks shared by both classifiers
-
-
-def check_labels(labels, num_classes: int | None, batch_size: int | None = None, name: str = "labels") -> torch.Tensor:
-    """Check class labels: an integer tensor (B,) with values in [0, num_classes).
-
-    :param labels: the labels y
-    :param num_classes: K; ``None`` skips the range check
-    :param batch_size: B the labels must match; ``None`` skips the check
-    :return: ``labels`` as a LongTensor
-    """
-    if not isinstance(labels, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a torch.Tensor of class indices, got {type(labels).__name__}. "
-            f"Use torch.tensor([3, 1, 4])."
-        )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(
-            f"{name} must be an integer tensor of class indices, got dtype {labels.dtype}. Use {name}.long()."
-        )
-    if labels.ndim != 1:
-        raise ValueError(
-            f"{name} has shape {tuple(labels.shape)}, expected (B,): one class index per image. "
-            f"Flatten it with {name}.reshape(-1)."
-        )
-    if batch_size is not None and labels.shape[0] != batch_size:
-        raise ValueError(
-            f"{name} has {labels.shape[0]} entries but there are {batch_size} images. Give one label per image."
-        )
-    if num_classes is not None and labels.numel() > 0:
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name} must lie in [0, {num_classes - 1}] ({num_classes} classes), got values from {low} to "
-                f"{high}. Check that the labels belong to this dataset and that the model's num_classes is right."
-            )
-    return labels.long()
 
 
 def _check_images(x, name: str, channels: int, size: int, hint: str) -> torch.Tensor:
