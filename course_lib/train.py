@@ -424,6 +424,7 @@ def _write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: d
     from safetensors.torch import save_file
 
     save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o644)  # safetensors creates files readable by their owner only
 
 
 def _write_json(data: dict, path: Path) -> None:
