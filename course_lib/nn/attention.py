@@ -39,6 +39,8 @@ class Attention(nn.Module):
     :param upcast_attention: compute softmax(Q K^T / sqrt(d)) V in float32 when x is float16 or
         bfloat16 (SD 2.x sets it against overflow; diffusers' SDPA path ignores the flag, and in
         float32 it changes nothing)
+    :param bias: give to_q, to_k, to_v a bias (False in the UNet; True in the VAE's mid-block
+        attention, see course_lib.nn.vae)
     """
 
     def __init__(
@@ -49,15 +51,16 @@ class Attention(nn.Module):
         dim_head: int = 64,
         dropout: float = 0.0,
         upcast_attention: bool = False,
+        bias: bool = False,
     ):
         super().__init__()
         inner_dim = heads * dim_head
         context_dim = query_dim if cross_attention_dim is None else cross_attention_dim
         self.heads = heads
         self.upcast_attention = upcast_attention
-        self.to_q = nn.Linear(query_dim, inner_dim, bias=False)
-        self.to_k = nn.Linear(context_dim, inner_dim, bias=False)
-        self.to_v = nn.Linear(context_dim, inner_dim, bias=False)
+        self.to_q = nn.Linear(query_dim, inner_dim, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner_dim, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
         # a list so that the output projection is "to_out.0" as in diffusers' checkpoints
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim), nn.Dropout(dropout)])
 
