@@ -17,7 +17,7 @@ STAMP := $(VENV)/.course-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup lab test unit notebooks info clean
+.PHONY: setup lab test unit notebooks student info clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ unit: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax
+
+# Student versions of the notebooks in $(STUDENT_DIR)/: solutions replaced by raise NotImplementedError().
+student: $(STAMP)
+	$(BIN)/python -m course_lib.student notebooks $(STUDENT_DIR)
 
 info: $(STAMP)
 	$(BIN)/python -m course_lib info
