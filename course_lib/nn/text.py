@@ -44,6 +44,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from course_lib.captions import COLORS, POSITIONS, SHAPES, SIZES, shape_caption
 from course_lib.checks import check_floating, check_int_range
 
 __all__ = [
@@ -91,10 +92,6 @@ def _words(text: str) -> list[str]:
 def _all_caption_forms() -> list[str]:
     """Every caption the shapes data can carry: each shape with each choice (or absence) of
     colour, size and position -- 3 x 7 x 3 x 6 = 378 captions, in a fixed order."""
-    # The attribute lists live in course_lib.datasets, a layer above nn/; imported here, lazily,
-    # so that importing course_lib.nn does not import the data code.
-    from course_lib.datasets import COLORS, POSITIONS, SHAPES, SIZES, shape_caption
-
     return [shape_caption(shape, color, size, position)
             for shape in SHAPES
             for color in (None, *COLORS)
