@@ -20,6 +20,7 @@ __all__ = [
     "check_int_range",
     "check_number",
     "check_labels",
+    "check_config_keys",
 ]
 
 
@@ -154,3 +155,18 @@ def check_labels(labels, num_classes: int | None, batch_size: int | None = None,
                 f"{high}. Check that the labels belong to this dataset and that the model's num_classes is right."
             )
     return labels.long()
+
+
+def check_config_keys(config: dict, known, what: str) -> None:
+    """Refuse config keys that a network's config dataclass does not have (a typo, or another model's config).
+
+    :param config: the dict given to ``XConfig.from_dict``
+    :param known: the dataclass's field names
+    :param what: the config's name in the message, e.g. "UNet"
+    """
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(
+            f"Unknown {what} config key(s) {unknown}. Known keys: {sorted(known)}. "
+            f"Remove them, or check the spelling."
+        )

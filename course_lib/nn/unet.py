@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import check_choice, check_finite, check_floating
+from course_lib.checks import check_choice, check_config_keys, check_finite, check_floating
 from course_lib.nn.attention import Transformer2DModel
 
 __all__ = [
@@ -520,13 +520,7 @@ class UNetConfig:
                 )
         for key in _IGNORED_KEYS:
             config.pop(key, None)
-        field_names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - field_names)
-        if unknown:
-            raise ValueError(
-                f"Unknown UNet config key(s) {unknown}. Known keys: {sorted(field_names)}. "
-                f"Remove them, or check the spelling."
-            )
+        check_config_keys(config, [f.name for f in dataclasses.fields(cls)], "UNet")
         return cls(**config)
 
     def to_dict(self) -> dict:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from course_lib.checks import check_choice, check_finite, check_floating
+from course_lib.checks import check_choice, check_config_keys, check_finite, check_floating
 from course_lib.nn.attention import Attention
 from course_lib.nn.unet import ACTIVATIONS, Downsample2D, ResnetBlock2D, Upsample2D
 from course_lib.samplers import randn_tensor
@@ -369,13 +369,7 @@ class VAEConfig:
                     f"implements only {key}={neutral!r}, as in Stable Diffusion v1.x/v2.x VAEs). Use such a "
                     f"config, or set {key} to {neutral!r}."
                 )
-        field_names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - field_names)
-        if unknown:
-            raise ValueError(
-                f"Unknown VAE config key(s) {unknown}. Known keys: {sorted(field_names)}. "
-                f"Remove them, or check the spelling."
-            )
+        check_config_keys(config, [f.name for f in dataclasses.fields(cls)], "VAE")
         return cls(**config)
 
     def to_dict(self) -> dict:
