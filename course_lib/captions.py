@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .checks import check_choice
 
-__all__ = ["IMAGE_SIZE", "SHAPES", "COLORS", "SIZES", "POSITIONS", "COLOR_JITTER", "POSITION_JITTER",
+__all__ = ["ATTRIBUTES", "IMAGE_SIZE", "SHAPES", "COLORS", "SIZES", "POSITIONS", "COLOR_JITTER", "POSITION_JITTER",
            "HELDOUT_PAIRS", "shape_caption"]
 
 IMAGE_SIZE = 64
@@ -32,6 +32,9 @@ POSITIONS = {  # (x, y) of the shape's centre, x to the right and y downwards
 COLOR_JITTER = 15  # at most this much added to or subtracted from each RGB channel
 POSITION_JITTER = 4  # the centre moves at most this many px along each axis
 HELDOUT_PAIRS = (("triangle", "green"), ("circle", "blue"))  # never in the "train" split
+# The four attributes of a picture and their values, in a fixed order: the judge's four heads and
+# shapes_attributes' integer ids use it.
+ATTRIBUTES = {"shape": SHAPES, "color": tuple(COLORS), "size": tuple(SIZES), "position": tuple(POSITIONS)}
 
 _COLOR_NAMES = tuple(COLORS)
 _SIZE_NAMES = tuple(SIZES)

@@ -22,7 +22,7 @@ import io
 import numpy as np
 import torch
 
-from .captions import (COLOR_JITTER, COLORS, HELDOUT_PAIRS, IMAGE_SIZE, POSITION_JITTER, POSITIONS,  # noqa: F401
+from .captions import (ATTRIBUTES, COLOR_JITTER, COLORS, HELDOUT_PAIRS, IMAGE_SIZE, POSITION_JITTER, POSITIONS,  # noqa: F401
                        SHAPES, SIZES, _COLOR_NAMES, _POSITION_NAMES, _SIZE_NAMES, shape_caption)
 from .checks import check_choice, check_int_range
 
@@ -30,6 +30,7 @@ __all__ = [
     "load_digits",
     "digits_tensors",
     "load_shapes",
+    "shapes_attributes",
     "shapes_tensors",
     "render_shape",
     "shape_caption",
@@ -334,3 +335,14 @@ def shapes_tensors(split: str = "train", num_images: int | None = None, seed: in
     # uint8 v in 0..255 -> x_0 = v / 127.5 - 1 in [-1, 1]; (N, H, W, C) -> (N, C, H, W)
     x0 = torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return x0.contiguous(), list(captions)
+
+
+def shapes_attributes(split: str = "train", num_images: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The attributes of the pictures of ``shapes_tensors(split, num_images, seed)`` as integer ids.
+
+    :return: {"shape", "color", "size", "position"}: LongTensor (N,), the index of each picture's
+        value in ``ATTRIBUTES[name]`` (e.g. color 0 = "red")
+    """
+    num_images = _check_shapes_args(split, num_images, seed)
+    _, _, attributes = _make_shapes(split, num_images, seed)
+    return {name: torch.tensor([values.index(v) for v in attributes[name]]) for name, values in ATTRIBUTES.items()}

@@ -34,6 +34,8 @@ from torch import nn
 from .checks import check_finite, check_floating, check_int_range, check_labels, check_number
 
 __all__ = [
+    "attribute_prompts",
+    "clip_zero_shot_accuracy",
     "judge_predictions",
     "judge_features",
     "judge_accuracy",
@@ -376,3 +378,59 @@ def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, reduction: s
     if reduction == "none":
         return values.float()
     return values.mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes world: zero-shot accuracy of the tiny CLIP
+# ---------------------------------------------------------------------------------------------
+
+
+def attribute_prompts(attribute: str) -> tuple[list[str], list[str]]:
+    """Prompts that name one attribute value each, for every shape: ("a red circle", ...).
+
+    Naming the shape in every prompt keeps the prompts in the caption forms CLIP was trained on.
+
+    :return: (prompts, the value each prompt names)
+    """
+    from .captions import ATTRIBUTES, SHAPES, shape_caption
+    from .checks import check_choice
+
+    check_choice(attribute, list(ATTRIBUTES), "attribute")
+    if attribute == "shape":
+        return [shape_caption(s) for s in SHAPES], list(SHAPES)
+    prompts, values = [], []
+    for value in ATTRIBUTES[attribute]:
+        for shape in SHAPES:
+            prompts.append(shape_caption(shape, **{attribute: value}))
+            values.append(value)
+    return prompts, values
+
+
+@torch.no_grad()
+def clip_zero_shot_accuracy(model, split: str = "test", num_images: int | None = None, tokenizer=None) -> dict:
+    """Zero-shot accuracy of a CLIPModel on each attribute of the shapes pictures of ``split``.
+
+    For attribute a, each picture gets the value of the best-matching prompt among
+    ``attribute_prompts(a)`` (y = argmax_k v . t_k); the accuracy is the share of pictures whose
+    value is right.
+
+    :return: {"shape": acc, "color": acc, "size": acc, "position": acc}, each in [0, 1]
+    """
+    from .datasets import shapes_attributes, shapes_tensors
+    from .captions import ATTRIBUTES
+    from .nn.text import build_caption_tokenizer, clip_embeddings, tokenize_prompts
+
+    tokenizer = tokenizer or build_caption_tokenizer()
+    images, _ = shapes_tensors(split, num_images)
+    truth = shapes_attributes(split, num_images)
+    out = {}
+    for attribute, values in ATTRIBUTES.items():
+        prompts, prompt_values = attribute_prompts(attribute)
+        tokens = tokenize_prompts(tokenizer, prompts)
+        image_embeds = torch.cat([clip_embeddings(model, images[i:i + 250], **tokens)[0]
+                                  for i in range(0, len(images), 250)])
+        _, text_embeds = clip_embeddings(model, images[:1], **tokens)
+        best = (image_embeds @ text_embeds.T).argmax(dim=1)  # (N,) prompt index
+        predicted = torch.tensor([values.index(prompt_values[k]) for k in best.tolist()])
+        out[attribute] = round((predicted == truth[attribute]).float().mean().item(), 4)
+    return out

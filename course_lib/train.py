@@ -23,9 +23,11 @@ and then renamed over the old one (``os.replace``), so a crash mid-save leaves t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -43,11 +45,13 @@ from torch import nn
 
 from . import __version__
 from .checks import check_choice, check_int_range
-from .datasets import digits_tensors
+from .captions import ATTRIBUTES
+from .datasets import digits_tensors, shapes_attributes, shapes_tensors
 from .diffusion import diffusion_training_loss, q_sample
 from .nn.classifier import (ClassifierConfig, JudgeClassifier, JudgeConfig, NoisyClassifier, judge_loss,
                             noisy_classifier_loss)
 from .nn.unet import UNet2DConditionModel, UNetConfig
+from .nn.vae import AutoencoderKL, VAEConfig
 from .schedules import NoiseSchedule, make_schedule
 
 __all__ = [
@@ -83,24 +87,30 @@ def checkpoint_dir() -> Path:
 # Networks by name, so that a checkpoint's JSON can say which class to build
 # ---------------------------------------------------------------------------------------------
 
-# name -> (config class, network class). The config class needs from_dict / to_dict (or takes the
-# dict as keyword arguments). Later lessons add their networks here (classifier, VAE, ...).
-NETWORKS: dict[str, tuple[type, type]] = {
-    "UNet2DConditionModel": (UNetConfig, UNet2DConditionModel),
-    "NoisyClassifier": (ClassifierConfig, NoisyClassifier),
-    "JudgeClassifier": (JudgeConfig, JudgeClassifier),
+def _clip_model(config: dict) -> nn.Module:
+    """transformers' CLIPModel from its config dict (transformers is imported only when needed)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    return CLIPModel(CLIPConfig.from_dict(config))
+
+
+# name -> builder: a function config dict -> freshly initialised network. The course's own configs
+# have from_dict / to_dict; transformers' CLIPConfig too.
+NETWORKS: dict[str, Callable[[dict], nn.Module]] = {
+    "UNet2DConditionModel": lambda config: UNet2DConditionModel(UNetConfig.from_dict(config)),
+    "NoisyClassifier": lambda config: NoisyClassifier(ClassifierConfig.from_dict(config)),
+    "JudgeClassifier": lambda config: JudgeClassifier(JudgeConfig.from_dict(config)),
+    "AutoencoderKL": lambda config: AutoencoderKL(VAEConfig.from_dict(config)),
+    "CLIPModel": _clip_model,
 }
 
 
 def build_network(name: str, config: dict) -> nn.Module:
     """Build a freshly initialised network from its registered name and its config as a dict."""
     check_choice(name, list(NETWORKS), "network")
-    config_class, network_class = NETWORKS[name]
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}.")
-    if hasattr(config_class, "from_dict"):
-        return network_class(config_class.from_dict(config))
-    return network_class(config_class(**config))
+    return NETWORKS[name](config)
 
 
 def _network_config_dict(model: nn.Module, fallback: dict) -> dict:
@@ -133,7 +143,9 @@ class Recipe:
     name: str  # the checkpoint's name too: data/checkpoints/<name>.safetensors
     description: str
     network: str  # a key of NETWORKS
-    network_config: dict  # the network's config as a JSON-ready dict
+    # the network's config as a JSON-ready dict, or a function that makes it (for a config that needs
+    # transformers, imported only when the recipe is used)
+    network_config: dict | Callable[[], dict]
     data: Callable[[], dict[str, torch.Tensor]]  # -> full training set, e.g. {"images": (N, C, H, W)}
     loss: LossFn
     loss_args: dict = field(default_factory=dict)  # extra keyword arguments of loss (saved in the JSON)
@@ -166,6 +178,10 @@ class Recipe:
         # cosine: lr_k = lr * (1 + cos(pi * progress)) / 2, progress from 0 (end of warmup) to 1 (last step)
         progress = (step - self.warmup_steps) / max(1, total_steps - self.warmup_steps)
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    def network_config_dict(self) -> dict:
+        """The network's config as a dict (calls ``network_config`` if it is a function)."""
+        return self.network_config() if callable(self.network_config) else self.network_config
 
     def training_config(self) -> dict:
         """The optimizer settings as a JSON-ready dict (saved in the checkpoint)."""
@@ -338,6 +354,308 @@ _register(Recipe(
     evaluate=_judge_test_accuracy,
 ))
 
+
+# ---------------------------------------------------------------------------------------------
+# The shapes world (lessons 05-08): the judge, the autoencoder, the tiny CLIP, the latent UNet
+# ---------------------------------------------------------------------------------------------
+
+SHAPES_JUDGE_HEADS = {name: len(values) for name, values in ATTRIBUTES.items()}  # shape 3, color 6, size 2, position 5
+
+
+def split_attribute_logits(logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The shapes judge's logits (B, 16) cut into its four heads: {"shape": (B, 3), "color": (B, 6), ...}."""
+    if logits.ndim != 2 or logits.shape[1] != sum(SHAPES_JUDGE_HEADS.values()):
+        raise ValueError(f"logits has shape {tuple(logits.shape)}, expected (B, {sum(SHAPES_JUDGE_HEADS.values())}): "
+                         f"one logit per value of each attribute {SHAPES_JUDGE_HEADS}.")
+    return dict(zip(SHAPES_JUDGE_HEADS, logits.split(list(SHAPES_JUDGE_HEADS.values()), dim=1)))
+
+
+def shapes_judge_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator) -> torch.Tensor:
+    """Sum over the four attributes a of the cross-entropy -log p(y_a | x) of the judge's head a."""
+    heads = split_attribute_logits(model(batch["images"]))
+    # L = sum_a -log p_a(y_a | x)
+    return sum(torch.nn.functional.cross_entropy(heads[name], batch[name]) for name in SHAPES_JUDGE_HEADS)
+
+
+def _shapes_judge_data() -> dict[str, torch.Tensor]:
+    # the "all" split: the judge must also recognise the held-out green triangles and blue circles
+    images, _ = shapes_tensors("all")
+    return {"images": images, **shapes_attributes("all")}
+
+
+def _shapes_judge_accuracy(model) -> dict:
+    out = {}
+    for split in ("test", "heldout"):
+        images, _ = shapes_tensors(split)
+        truth = shapes_attributes(split)
+        heads = split_attribute_logits(torch.cat([model(images[i:i + 250]) for i in range(0, len(images), 250)]))
+        out[f"{split}_accuracy"] = {name: round((heads[name].argmax(1) == truth[name]).float().mean().item(), 4)
+                                    for name in SHAPES_JUDGE_HEADS}
+    return out
+
+
+_register(Recipe(
+    name="shapes-judge",
+    description="CNN with four heads (shape, colour, size, position) that grades shapes samples; never guides",
+    network="JudgeClassifier",
+    network_config=JudgeConfig(in_channels=3, sample_size=64, num_classes=sum(SHAPES_JUDGE_HEADS.values()),
+                               channels=(16, 32, 32, 32), feature_dim=64, dropout=0.1).to_dict(),
+    data=_shapes_judge_data,
+    loss=shapes_judge_loss,
+    schedule=None,
+    steps=500,
+    batch_size=64,
+    lr=2e-3,
+    warmup_steps=30,
+    seed=0,
+    checkpoint_every=250,
+    evaluate=_shapes_judge_accuracy,
+))
+
+
+def vae_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator,
+             kl_weight: float = 1e-6) -> torch.Tensor:
+    """The KL autoencoder's loss: reconstruction plus a small KL term (Rombach et al. 2022).
+
+        z ~ q(z | x) = N(mu(x), sigma(x)^2)      (reparameterised: z = mu + sigma * eps)
+        L = ||x - D(z)||^2 / (C H W) + kl_weight * KL(q(z | x) || N(0, I))
+
+    SD's autoencoder adds a perceptual (LPIPS) and an adversarial loss for sharp textures; flat
+    shapes need neither. The tiny kl_weight (SD: 1e-6) keeps the latents near N(0, I) in scale
+    without blurring them; the scaling factor fixes what is left.
+    """
+    x = batch["images"]
+    posterior = model.encode(x)
+    reconstruction = model.decode(posterior.sample(generator))
+    return (reconstruction - x).pow(2).mean() + kl_weight * posterior.kl().mean()
+
+
+# Sized for a 2-core CPU (measured on one thread, batch 16): full-resolution layers cost most, so
+# the 64x64 level has only 8 channels. (8, 16, 32, 64): 0.40 s per step, 25.9 dB after 545 steps;
+# (16, 32, 64, 64): 0.48 s per step at batch 8 and 21.4 dB after 454 steps.
+SHAPES_VAE_CHANNELS = (8, 16, 32, 64)
+SHAPES_VAE_STEPS = 2800
+
+
+def _shapes_train_images() -> dict[str, torch.Tensor]:
+    return {"images": shapes_tensors("train")[0]}
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu and sigma of q(z | x) for many images, in batches: ((N, C_z, h, w), (N, C_z, h, w))."""
+    means, stds = [], []
+    for i in range(0, len(images), batch_size):
+        posterior = vae.encode(images[i:i + batch_size])
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def latent_scaling_factor(latents: torch.Tensor) -> float:
+    """s = 1 / std(z) over all latent entries: the UNet then sees s * z with unit variance.
+
+    SD v1.x's 0.18215 was measured this way on its autoencoder's latents of real photos.
+    """
+    return 1.0 / latents.double().std().item()
+
+
+def _shapes_vae_evaluate(model: AutoencoderKL) -> dict:
+    """PSNR of the round trip on test and held-out pictures; set the scaling factor on the config."""
+    from .metrics import psnr  # metrics sits above train; imported only to evaluate
+
+    generator = torch.Generator().manual_seed(0)
+    train_images = shapes_tensors("train")[0][:2000]
+    mean, std = encode_latents(model, train_images)
+    z = mean + std * torch.randn(mean.shape, generator=generator)  # samples of q(z | x), as SD's latents
+    scaling_factor = latent_scaling_factor(z)
+    model.config = dataclasses.replace(model.config, scaling_factor=round(scaling_factor, 5))
+    metrics = {"latent_std": round(z.std().item(), 4), "scaling_factor": round(scaling_factor, 5)}
+    for split in ("test", "heldout"):
+        images = shapes_tensors(split)[0]
+        reconstruction = torch.cat([model(images[i:i + 250]) for i in range(0, len(images), 250)])
+        metrics[f"psnr_{split}_db"] = round(psnr(images, reconstruction.clamp(-1, 1)), 2)
+    return metrics
+
+
+_register(Recipe(
+    name="shapes-vae",
+    description="KL autoencoder 64x64x3 -> 8x8x4 (SD's factor 8 and 4 channels) on the shapes (lesson 05)",
+    network="AutoencoderKL",
+    network_config=VAEConfig(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=SHAPES_VAE_CHANNELS, layers_per_block=1, norm_num_groups=4, latent_channels=4,
+        sample_size=64,
+    ).to_dict(),
+    data=_shapes_train_images,
+    loss=vae_loss,
+    loss_args={"kl_weight": 1e-6},
+    schedule=None,
+    steps=SHAPES_VAE_STEPS,
+    batch_size=16,
+    lr=2e-3,
+    warmup_steps=100,
+    seed=0,
+    checkpoint_every=500,
+    evaluate=_shapes_vae_evaluate,
+))
+
+
+def _shapes_clip_data() -> dict[str, torch.Tensor]:
+    from .nn.text import build_caption_tokenizer, tokenize_prompts
+
+    images, captions = shapes_tensors("train")
+    tokens = tokenize_prompts(build_caption_tokenizer(), captions)
+    return {"images": images, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def shapes_clip_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss on a batch of pictures and their captions (nn.text.clip_loss)."""
+    from .nn.text import clip_loss
+
+    return clip_loss(model, batch["images"], batch["input_ids"], batch["attention_mask"])
+
+
+def _shapes_clip_config() -> dict:
+    from .nn.text import build_caption_tokenizer, tiny_clip_config
+
+    return tiny_clip_config(build_caption_tokenizer()).to_dict()
+
+
+def _shapes_clip_evaluate(model) -> dict:
+    from .metrics import clip_zero_shot_accuracy  # metrics sits above train; imported only to evaluate
+
+    return {f"zero_shot_{split}": clip_zero_shot_accuracy(model, split) for split in ("test", "heldout")}
+
+
+_register(Recipe(
+    name="shapes-clip",
+    description="tiny CLIP (transformers' CLIPModel) trained contrastively on shapes and captions (lesson 06)",
+    network="CLIPModel",
+    network_config=_shapes_clip_config,
+    data=_shapes_clip_data,
+    loss=shapes_clip_loss,
+    schedule=None,
+    steps=1000,
+    batch_size=256,
+    lr=1e-3,
+    warmup_steps=50,
+    weight_decay=0.1,
+    adam_betas=(0.9, 0.98),
+    seed=0,
+    checkpoint_every=250,
+    evaluate=_shapes_clip_evaluate,
+))
+
+
+SHAPES_LDM_SCHEDULE = {"kind": "scaled_linear", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012}
+
+SHAPES_LDM_CAPTION_DROPOUT = 0.1  # p_uncond: share of captions replaced by the empty caption ""
+
+
+def _load_component(name: str) -> nn.Module:
+    """A trained network of the checkpoint folder (the VAE and the CLIP the latent UNet builds on)."""
+    path = checkpoint_dir() / name
+    if not checkpoint_paths(path)["weights"].is_file():
+        raise ValueError(f"The recipe shapes-ldm needs the checkpoint {name!r}, not found in {checkpoint_dir()}. "
+                         f"Make it first: python -m course_lib train {name}")
+    state_dict, config = load_checkpoint(path)
+    model = build_network(config["network"], config["network_config"])
+    model.load_state_dict(state_dict)
+    return model.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=2)
+def _shapes_text_states(captions: tuple[str, ...], folder: str) -> torch.Tensor:
+    """The frozen tiny CLIP's last_hidden_state for each caption, (N, L, D); computed once per caption."""
+    from .nn.text import build_caption_tokenizer, encode_text, tokenize_prompts
+
+    clip = _load_component("shapes-clip")
+    unique = sorted(set(captions))
+    # no attention mask, as SD v1.x (CLIP's causal attention: the words' states do not see the padding)
+    ids = tokenize_prompts(build_caption_tokenizer(), unique)["input_ids"]
+    with torch.no_grad():
+        states = encode_text(clip, ids)
+    row = {caption: i for i, caption in enumerate(unique)}
+    return states[torch.tensor([row[c] for c in captions])]
+
+
+def _shapes_ldm_data() -> dict[str, torch.Tensor]:
+    """Scaled VAE posteriors of the training pictures and the CLIP states of their captions.
+
+    Encoded once before training (the VAE and the text encoder are frozen): s * mu and s * sigma of
+    q(z | x) with s the VAE's scaling factor, so a latent sample s * z = s * mu + s * sigma * eps
+    costs nothing per step.
+    """
+    vae = _load_component("shapes-vae")
+    images, captions = shapes_tensors("train")
+    mean, std = encode_latents(vae, images)
+    s = vae.config.scaling_factor
+    return {"latent_mean": s * mean, "latent_std": s * std,
+            "text_states": _shapes_text_states(tuple(captions), str(checkpoint_dir()))}
+
+
+def null_text_states() -> torch.Tensor:
+    """The tiny CLIP's states of the empty caption "", (1, L, D): the unconditional input."""
+    return _shapes_text_states(("",), str(checkpoint_dir()))
+
+
+def latent_diffusion_loss(model: nn.Module, batch: dict, schedule: NoiseSchedule, generator: torch.Generator,
+                          caption_dropout: float = SHAPES_LDM_CAPTION_DROPOUT) -> torch.Tensor:
+    """The training loss of latent diffusion with caption dropout (the notes' training loop).
+
+        z_0 = s * (mu(x) + sigma(x) * eps_z)              a sample of the scaled latent
+        c   = "" with probability p_uncond, else the caption   (caption dropout)
+        L   = E_{t, eps} || eps - eps_theta(z_t, t, tau(c)) ||^2
+
+    :param batch: {"latent_mean": s * mu (B, 4, h, w), "latent_std": s * sigma, "text_states": tau(c) (B, L, D)}
+    :param caption_dropout: p_uncond, the share of examples trained with the empty caption
+    """
+    mean, std, states = batch["latent_mean"], batch["latent_std"], batch["text_states"]
+    z0 = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    # c <- "" with probability p_uncond
+    drop = torch.rand(states.shape[0], generator=generator, device=states.device) < caption_dropout
+    null = null_text_states().to(device=states.device, dtype=states.dtype)
+    states = torch.where(drop[:, None, None], null, states)
+    return diffusion_training_loss(model, z0, schedule, generator=generator, encoder_hidden_states=states)
+
+
+def _shapes_ldm_unet() -> dict:
+    """The mini-SD UNet: SD v1.x's block types on 8x8x4 latents, 8 -> 4 -> 2, cross-attention to D = 64.
+
+    Sized for a 2-core CPU; measured on one busy thread at batch 64: (32, 64, 64) 0.57 s per
+    step, (64, 64, 64) 1.0 s, (64, 128, 128) 1.8 s.
+    """
+    return UNetConfig(
+        sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=SHAPES_LDM_CHANNELS, layers_per_block=SHAPES_LDM_LAYERS, norm_num_groups=16,
+        cross_attention_dim=64, attention_head_dim=4,
+    ).to_dict()
+
+
+SHAPES_LDM_CHANNELS = (32, 64, 64)
+SHAPES_LDM_LAYERS = 1
+
+_register(Recipe(
+    name="shapes-ldm",
+    description="latent diffusion UNet of the mini Stable Diffusion: shapes-vae latents, shapes-clip text, "
+                "caption dropout (lesson 06)",
+    network="UNet2DConditionModel",
+    network_config=_shapes_ldm_unet,
+    data=_shapes_ldm_data,
+    loss=latent_diffusion_loss,
+    loss_args={"caption_dropout": SHAPES_LDM_CAPTION_DROPOUT},
+    schedule=SHAPES_LDM_SCHEDULE,
+    steps=2500,
+    batch_size=64,
+    lr=1e-3,
+    warmup_steps=100,
+    seed=0,
+    checkpoint_every=250,
+))
 
 def get_recipe(recipe: str | Recipe) -> Recipe:
     """A recipe by name (a key of RECIPES), or the Recipe itself."""
@@ -583,6 +901,85 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
+@dataclass(frozen=True)
+class _Processes:
+    """This process's place in a run of several processes (torchrun); a plain run is rank 0 of 1."""
+
+    rank: int = 0  # 0 .. world_size - 1; rank 0 logs, evaluates and writes the checkpoints
+    world_size: int = 1
+
+    def barrier(self) -> None:
+        """Wait until every process has reached this line (a no-op for one process)."""
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def mean_and_any(self, loss: torch.Tensor, flag: bool) -> tuple[float, bool]:
+        """The loss averaged over the processes, and whether ``flag`` is set in any of them (one all_reduce)."""
+        values = torch.tensor([loss.item(), float(flag)], dtype=torch.float64, device=loss.device)
+        torch.distributed.all_reduce(values)  # the sum over the processes, the same on every one
+        return values[0].item() / self.world_size, values[1].item() > 0
+
+
+def _distributed_setup(device: torch.device) -> tuple[_Processes, torch.device]:
+    """Join the run of several processes that torchrun started, if any.
+
+    torchrun sets WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in the environment of
+    each process it starts. With WORLD_SIZE > 1, start the process group (gloo on the CPU, NCCL on
+    CUDA GPUs, process r on GPU LOCAL_RANK), unless it is started already (by the caller, or by an
+    earlier call of train() in this process). It is ended when the process exits, not at the end of
+    train(): torchrun's processes cannot start a second group after destroying the first (the
+    second start waits forever).
+
+    :return: (this process's place in the run, the device it trains on)
+    """
+    distributed = torch.distributed
+    started = distributed.is_available() and distributed.is_initialized()
+    world_size = distributed.get_world_size() if started else int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return _Processes(), device
+    if not distributed.is_available():
+        raise ValueError(f"WORLD_SIZE is {world_size} (several processes, as torchrun starts them), but this torch "
+                         f"{torch.__version__} has no torch.distributed. Run a single process with plain python.")
+    if device.type == "mps":
+        raise ValueError("Training with several processes needs CPUs (gloo) or CUDA GPUs (NCCL), not MPS. "
+                         "Run a single process on MPS, or use --device cpu.")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+    if not started:
+        # init_process_group reads the torchrun variables
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            distributed.init_process_group("nccl", device_id=device)
+        else:
+            distributed.init_process_group("gloo")
+        atexit.register(distributed.destroy_process_group)
+    return _Processes(distributed.get_rank(), world_size), device
+
+
+def _process_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The loss's generator of process ``rank`` at step ``step`` of a run of several: seeded by (seed, step, rank)."""
+    return torch.Generator(device=device).manual_seed(_seed_for(seed, step, 1, rank))
+
+
+class _RecipeLoss(nn.Module):
+    """The recipe's loss as a module: ``_RecipeLoss(model, loss, args)(batch, schedule, generator)``.
+
+    DistributedDataParallel averages, during ``backward()``, the gradients of what ran inside its
+    own ``forward``. Not every loss calls ``model(...)``: the VAE's calls ``model.encode`` and
+    ``model.decode``, CLIP's its two towers, the classifiers read ``model.config``. Wrapping the
+    whole loss rather than the network lets every loss run unchanged on the plain network.
+    """
+
+    def __init__(self, model: nn.Module, loss: LossFn, loss_args: dict):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.loss_args = loss_args
+
+    def forward(self, batch: dict, schedule: NoiseSchedule | None, generator: torch.Generator) -> torch.Tensor:
+        return self.loss(self.model, batch, schedule, generator, **self.loss_args)
+
+
 def train(
     recipe: str | Recipe,
     out: str | os.PathLike | None = None,
@@ -599,19 +996,38 @@ def train(
     of step k. Saves every ``checkpoint_every`` steps, at the end, and when interrupted (Ctrl-C
     finishes the current step, saves, then raises KeyboardInterrupt).
 
+    **Several processes.** Started by ``torchrun --nproc_per_node=N`` (one process per CPU core or
+    GPU), the same call trains with DistributedDataParallel: every process draws the same global
+    batch of step k and takes its share, batch_size / N examples, with its own noise (a generator
+    seeded by (seed, k, rank)); ``backward()`` averages the gradients over the processes, so every
+    process takes the same AdamW step, that of the whole batch. The history holds the loss of the
+    whole batch. Rank 0 alone shows the progress bar, evaluates and writes the checkpoints, while
+    the others wait. Every process returns the same weights (the network itself, not a wrapper) and
+    the JSON that rank 0 wrote; only rank 0's model went through the recipe's ``evaluate``. A run
+    on N processes resumes exactly on N processes. Ctrl-C (torchrun passes it on to every process)
+    stops all of them after the same step, and rank 0 saves; a process that fails ends the run
+    without saving (torchrun stops the others; the last checkpoint stays).
+
     :param recipe: a key of RECIPES ("digits-ddpm") or a Recipe
     :param out: checkpoint path X (writes X.safetensors, X.json, X.state.*); a folder means
         folder/<recipe>; default: data/checkpoints/<recipe> (or $COURSE_CHECKPOINT_DIR/<recipe>)
     :param steps: total number of steps to reach (default: the recipe's)
     :param resume: continue from X.state.* (and X.safetensors) up to ``steps``
-    :param device: "cpu", "cuda", "mps" or "auto"
+    :param device: "cpu", "cuda", "mps" or "auto" (under torchrun, "cuda" means process r's GPU LOCAL_RANK)
     :param progress: show a tqdm progress bar
     :param command: how this run was started, saved in the JSON (default: this Python call)
     :return: a :class:`TrainResult`
     """
     recipe = get_recipe(recipe)
     steps = recipe.steps if steps is None else check_int_range(steps, "steps", 1, hint="Train at least one step.")
-    device = resolve_device(device)
+    processes, device = _distributed_setup(resolve_device(device))
+    if recipe.batch_size % processes.world_size != 0:
+        raise ValueError(
+            f"The batch of recipe {recipe.name!r} ({recipe.batch_size} examples) cannot be shared evenly among "
+            f"{processes.world_size} processes. Use a number of processes that divides it (torchrun "
+            f"--nproc_per_node), or a batch size that is a multiple of {processes.world_size} "
+            f"(dataclasses.replace(recipe, batch_size=...))."
+        )
     if out is None:
         out = checkpoint_dir() / recipe.name
     elif Path(out).is_dir():
@@ -625,39 +1041,61 @@ def train(
     with torch.random.fork_rng(devices=[]):  # leave the caller's global random state alone
         # Initial weights from the seed alone, built on the CPU so every device starts the same.
         torch.manual_seed(recipe.seed)
-        model = build_network(recipe.network, recipe.network_config)
+        model = build_network(recipe.network, recipe.network_config_dict())
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.adam_betas,
                                   weight_decay=recipe.weight_decay)
     start, losses, train_time = 0, [], 0.0
     if resume:
         start, losses, train_time = _load_training_state(paths, recipe, model, optimizer)
+    loss_fn = _RecipeLoss(model, recipe.loss, recipe.loss_args)
+    if processes.world_size > 1:
+        # DDP copies rank 0's weights to the others once, then averages the gradients in backward()
+        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn)
 
-    def save(done: int) -> dict:
-        config = _checkpoint_config(recipe, model, schedule, done, steps, command, train_time, losses, device)
-        if recipe.evaluate is not None and done == steps:
-            model.eval()
-            with torch.no_grad():
-                config["metrics"].update(recipe.evaluate(model))
-            model.train()
-        save_checkpoint(paths["weights"], model, config)
-        _save_training_state(paths, recipe, optimizer, done, losses, train_time)
+    def save(done: int) -> dict | None:
+        config = None
+        if processes.rank == 0:
+            metrics = {}
+            if recipe.evaluate is not None and done == steps:
+                # before the config is written: an evaluation may also set part of the network's config
+                # (the VAE's scaling factor is measured on the trained encoder's latents)
+                model.eval()
+                with torch.no_grad():
+                    metrics = recipe.evaluate(model)
+                model.train()
+            config = _checkpoint_config(recipe, model, schedule, done, steps, command, train_time, losses, device)
+            config["metrics"].update(metrics)
+            if processes.world_size > 1:
+                config["processes"] = processes.world_size
+            save_checkpoint(paths["weights"], model, config)
+            _save_training_state(paths, recipe, optimizer, done, losses, train_time)
+        processes.barrier()  # the other processes wait until the files are written
         return config
 
     config = None
     done = start
-    bar = _progress_bar(recipe.name, start, steps, progress)
+    stop = False  # several processes: all of them agreed to stop after this step (Ctrl-C)
+    bar = _progress_bar(recipe.name, start, steps, progress and processes.rank == 0)
     clock = time.perf_counter()
     try:
         with _deferred_interrupt() as interrupt:
             for step in range(start, steps):
                 index_generator, generator = step_generators(recipe.seed, step, device)
                 index = torch.randint(num_examples, (recipe.batch_size,), generator=index_generator)
+                if processes.world_size > 1:
+                    # every process draws the same batch and takes its share, with noise of its own
+                    index = index.chunk(processes.world_size)[processes.rank]
+                    generator = _process_generator(recipe.seed, step, processes.rank, device)
                 batch = _make_batch(data, index, device)
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.learning_rate(step, steps)
-                loss = recipe.loss(model, batch, schedule, generator, **recipe.loss_args)
-                value = loss.item()
+                loss = loss_fn(batch, schedule, generator)
+                if processes.world_size == 1:
+                    value = loss.item()
+                else:
+                    # the loss of the whole batch, and whether Ctrl-C reached any process (all stop after this step)
+                    value, stop = processes.mean_and_any(loss, interrupt["requested"])
                 if not math.isfinite(value):
                     raise ValueError(
                         f"The loss of recipe {recipe.name!r} became {value} at step {step}. Lower the learning "
@@ -673,7 +1111,9 @@ def train(
                 bar.update(1)
                 if done % 10 == 0 or done == steps:
                     bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}", refresh=False)
-                if interrupt["requested"]:
+                if processes.world_size == 1:
+                    stop = interrupt["requested"]
+                if stop:
                     raise KeyboardInterrupt
                 if done % recipe.checkpoint_every == 0 and done < steps:
                     train_time += time.perf_counter() - clock
@@ -684,15 +1124,19 @@ def train(
             if done > start or not paths["weights"].exists():
                 config = save(done)
     except KeyboardInterrupt:
+        if processes.world_size > 1 and not stop:
+            raise  # not agreed by all processes (a second Ctrl-C): saving would wait for the others forever
         train_time += time.perf_counter() - clock
         bar.close()
         save(done)
-        print(f"\nInterrupted: saved step {done} of {steps} to {paths['weights']}. "
-              f"Continue with resume=True (python -m course_lib train {recipe.name} --resume).", file=sys.stderr)
+        if processes.rank == 0:
+            launcher = "python" if processes.world_size == 1 else f"torchrun --nproc_per_node={processes.world_size}"
+            print(f"\nInterrupted: saved step {done} of {steps} to {paths['weights']}. Continue with resume=True "
+                  f"({launcher} -m course_lib train {recipe.name} --resume).", file=sys.stderr)
         raise
     finally:
         bar.close()
-    if config is None:  # nothing to do: already at `steps`
+    if config is None:  # nothing to do (already at `steps`), or rank 0 wrote it
         _, config = load_checkpoint(paths["weights"])
     model.eval()
     return TrainResult(model=model, losses=losses, step=done, checkpoint=paths["weights"], config=config)
@@ -723,7 +1167,7 @@ def _checkpoint_config(recipe: Recipe, model: nn.Module, schedule, done: int, st
         "recipe": recipe.name,
         "description": recipe.description,
         "network": recipe.network,
-        "network_config": _network_config_dict(model, recipe.network_config),
+        "network_config": _network_config_dict(model, recipe.network_config_dict()),
         "schedule": schedule.config if schedule is not None else None,
         "loss": getattr(recipe.loss, "__name__", repr(recipe.loss)),
         "loss_args": recipe.loss_args,
