@@ -161,6 +161,8 @@ class Recipe:
     seed: int = 0
     checkpoint_every: int = 1000  # save every this many steps (and at the end)
     evaluate: Callable[[nn.Module], dict] | None = None  # model -> metrics saved in the final JSON
+    # writes what the model needs beside its checkpoint (shapes-clip: the tokenizer), given the folder
+    companion_files: Callable[[Path], None] | None = None
 
     def learning_rate(self, step: int, total_steps: int | None = None) -> float:
         """lr at (0-based) step of a run of total_steps (default: the recipe's steps).
@@ -522,6 +524,16 @@ def _shapes_clip_config() -> dict:
     return tiny_clip_config(build_caption_tokenizer()).to_dict()
 
 
+SHAPES_TOKENIZER = "shapes-tokenizer"  # folder of the caption tokenizer, beside the checkpoints
+
+
+def _save_shapes_tokenizer(folder: Path) -> None:
+    """The caption tokenizer the tiny CLIP was trained with, as folder/shapes-tokenizer (tokenizer.json ...)."""
+    from .nn.text import build_caption_tokenizer, save_caption_tokenizer
+
+    save_caption_tokenizer(build_caption_tokenizer(), Path(folder) / SHAPES_TOKENIZER)
+
+
 def _shapes_clip_evaluate(model) -> dict:
     from .metrics import clip_zero_shot_accuracy  # metrics sits above train; imported only to evaluate
 
@@ -545,6 +557,7 @@ _register(Recipe(
     seed=0,
     checkpoint_every=250,
     evaluate=_shapes_clip_evaluate,
+    companion_files=_save_shapes_tokenizer,
 ))
 
 
@@ -1070,6 +1083,8 @@ def train(
                 config["processes"] = processes.world_size
             save_checkpoint(paths["weights"], model, config)
             _save_training_state(paths, recipe, optimizer, done, losses, train_time)
+            if recipe.companion_files is not None:
+                recipe.companion_files(paths["weights"].parent)
         processes.barrier()  # the other processes wait until the files are written
         return config
 

@@ -191,3 +191,16 @@ def test_shapes_recipes_are_registered_with_their_networks():
     assert ldm.cross_attention_dim == clip["text_config"]["hidden_size"]
     assert ldm.in_channels == vae.latent_channels and ldm.sample_size == 64 // vae.downsample_factor
     assert RECIPES["shapes-judge"].network_config["num_classes"] == 16
+
+
+def test_shapes_clip_recipe_writes_its_tokenizer_beside_the_checkpoint(tmp_path, few_shapes):
+    from course_lib.nn.text import build_caption_tokenizer, load_caption_tokenizer, tiny_clip_config
+
+    tiny = tiny_clip_config(build_caption_tokenizer(), text_hidden_size=8, text_layers=1, vision_hidden_size=8,
+                            vision_layers=1, num_heads=2, projection_dim=8).to_dict()
+    recipe = replace(RECIPES["shapes-clip"], network_config=tiny, steps=1, batch_size=4, warmup_steps=1,
+                     evaluate=None)
+    train(recipe, out=tmp_path / "shapes-clip", progress=False)
+    tokenizer = load_caption_tokenizer(tmp_path / "shapes-tokenizer")
+    prompt = "a small red circle in the top left"
+    assert tokenizer(prompt)["input_ids"] == build_caption_tokenizer()(prompt)["input_ids"]
