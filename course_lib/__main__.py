@@ -6,6 +6,9 @@
     python -m course_lib generate --model digits [--label L] [--guidance none|cfg|classifier]
         [--guidance-scale S] [--steps 50] [--sampler ddim] [--seed 0] [--num-images 16] [--device auto]
         (--out grid.png | --out-dir DIR)
+    python -m course_lib generate --model mini-sd --prompt "a large red circle in the center"
+        [--negative-prompt TEXT] [--guidance-scale 7.5] [--steps 50] [--sampler ddim|ddpm|euler|dpmsolver]
+        [--seed 0] [--num-images 16] [--height 64 --width 64] [--device auto] (--out grid.png | --out-dir DIR)
 
 Errors in the arguments print one message (no traceback) and exit with status 1.
 """
@@ -15,9 +18,11 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,10 +43,12 @@ NEEDED_CHECKPOINTS = {
     ("digits", "none"): ("digits-ddpm",),
     ("digits", "cfg"): ("digits-cfg",),
     ("digits", "classifier"): ("digits-ddpm", "digits-noisy-classifier"),
-    ("mini-sd", "cfg"): ("mini-sd",),
+    ("mini-sd", "cfg"): ("shapes-vae", "shapes-clip", "shapes-ldm"),
+    ("mini-sd", "none"): ("shapes-vae", "shapes-clip", "shapes-ldm"),
 }
 # the default guidance scale of each method (lessons 03-04 measure these choices)
 DEFAULT_GUIDANCE_SCALE = {"cfg": 3.0, "classifier": 5.0}
+MINI_SD_GUIDANCE_SCALE = 7.5  # Stable Diffusion's usual guidance_scale
 DISPLAY_SIZE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
 
 
@@ -108,11 +115,15 @@ def run_train(args, argv: list[str]) -> int:
     out = args.out
     if out is None and args.checkpoint_dir:
         out = Path(args.checkpoint_dir) / args.recipe
+    # under torchrun (several processes, DistributedDataParallel), every process runs this function
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"torchrun --nproc_per_node={processes} -m course_lib " if processes > 1 else "python -m course_lib "
     result = train(args.recipe, out=out, steps=args.steps, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, command="python -m course_lib " + shlex.join(argv))
-    loss = result.config["metrics"]["loss_last_100_steps"]
-    print(f"{args.recipe}: step {result.step}, loss (last 100 steps) {loss:.4f}, "
-          f"{result.config['train_time_s']} s of training; wrote {result.checkpoint} and its .json")
+                   progress=not args.no_progress, command=launcher + shlex.join(argv))
+    if int(os.environ.get("RANK", "0")) == 0:
+        loss = result.config["metrics"]["loss_last_100_steps"]
+        print(f"{args.recipe}: step {result.step}, loss (last 100 steps) {loss:.4f}, "
+              f"{result.config['train_time_s']} s of training; wrote {result.checkpoint} and its .json")
     return 0
 
 
@@ -125,6 +136,8 @@ def _check_generate_args(args) -> None:
     if (args.out is None) == (args.out_dir is None):
         raise ValueError("Give exactly one of --out grid.png (one grid image) or --out-dir DIR (000.png, 001.png, ...).")
     check_choice(args.model, MODELS, "model")
+    if args.guidance is None:  # the default: classifier-free guidance for mini-sd, none for digits
+        args.guidance = "cfg" if args.model == "mini-sd" else "none"
     check_choice(args.guidance, GUIDANCE, "guidance")
     check_choice(args.sampler, SAMPLER_NAMES, "sampler")
     check_int_range(args.steps, "--steps", 1, 1000, hint="Use 20 to 50 sampling steps.")
@@ -134,13 +147,12 @@ def _check_generate_args(args) -> None:
         check_number(args.guidance_scale, "--guidance-scale", minimum=0.0,
                      hint="Guidance scales are 0 or more: 1 means no classifier-free guidance, 0 no classifier guidance.")
     if args.model == "mini-sd":
-        raise ValueError(
-            "--model mini-sd is not available yet: it needs the text-conditioned checkpoint 'mini-sd' "
-            "(lesson 06) and the StableDiffusion pipeline (lesson 07), which this version of course_lib "
-            "does not have. Use --model digits."
-        )
+        _check_mini_sd_args(args)
+        return
     if args.prompt is not None or args.negative_prompt is not None:
         raise ValueError("--prompt and --negative-prompt are for --model mini-sd; the digits model takes --label.")
+    if args.height is not None or args.width is not None:
+        raise ValueError("--height and --width are for --model mini-sd; the digits model makes 16x16 images.")
     if args.guidance == "none":
         if args.label is not None:
             raise ValueError(
@@ -152,6 +164,69 @@ def _check_generate_args(args) -> None:
             raise ValueError("--guidance-scale has no effect with --guidance none. Leave it out, or choose a guidance.")
     elif args.label is not None:
         check_int_range(args.label, "--label", 0, 9, hint="The digits model knows the classes 0 to 9.")
+
+
+def _check_mini_sd_args(args) -> None:
+    if args.prompt is None:
+        raise ValueError('--model mini-sd needs a prompt: add --prompt "a large red circle in the center".')
+    if args.label is not None:
+        raise ValueError("--label is for --model digits; the mini Stable Diffusion takes --prompt.")
+    if args.guidance == "classifier":
+        raise ValueError("--model mini-sd has no noise-aware classifier: it uses classifier-free guidance "
+                         "(--guidance cfg, the default). Set its strength with --guidance-scale (1 = no guidance).")
+    if args.guidance == "none":
+        if args.guidance_scale is not None:
+            raise ValueError("--guidance-scale has no effect with --guidance none. Leave it out, or choose a guidance.")
+        if args.negative_prompt is not None:
+            raise ValueError("--negative-prompt needs guidance: it replaces the empty prompt in the unconditional "
+                             "branch of classifier-free guidance. Leave out --guidance none.")
+    for value, name in ((args.height, "--height"), (args.width, "--width")):
+        if value is not None:
+            check_int_range(value, name, 8, 4096, hint="The mini Stable Diffusion was trained on 64x64 images.")
+
+
+def _save_images(args, images: torch.Tensor, scale: int) -> Path:
+    """Write (N, C, H, W) images in [-1, 1] as one grid (--out) or one PNG each (--out-dir); return the path."""
+    if args.out is not None:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid_image(images, scale=scale).save(path)
+        return path
+    folder = Path(args.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        to_pil(image, scale=scale).save(folder / f"{index:03d}.png")
+    return folder
+
+
+def _generate_mini_sd(args, device: torch.device) -> int:
+    """--model mini-sd: the course's StableDiffusion pipeline (lesson 07) on the mini SD checkpoints."""
+    from .pipeline import StableDiffusion
+
+    pipe = StableDiffusion.from_course("mini-sd", directory=args.checkpoint_dir, device=device)
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    if args.guidance == "none":
+        scale = 1.0  # the conditional model alone
+    else:
+        scale = MINI_SD_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+    # a CPU generator: the same seed gives the same images on every device
+    generator = torch.Generator().manual_seed(args.seed)
+    with warnings.catch_warnings(record=True) as caught:  # unknown or truncated words: one line each
+        warnings.simplefilter("always")
+        images = pipe(args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+                      num_inference_steps=args.steps, guidance_scale=scale, sampler=args.sampler,
+                      generator=generator, num_images_per_prompt=args.num_images, output_type="np")
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    # (N, H, W, 3) in [0, 1] -> (N, 3, H, W) in [-1, 1]
+    images = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+    path = _save_images(args, images, scale=max(1, DISPLAY_SIZE // max(images.shape[-2:])))
+    guidance = "no guidance" if scale <= 1 else f"guidance scale {scale:g}"
+    negative = f", negative prompt {args.negative_prompt!r}" if args.negative_prompt else ""
+    where = path if args.out is not None else f"{path}/000.png ... {args.num_images - 1:03d}.png"
+    print(f"wrote {where} ({args.num_images} images of {args.prompt!r} from mini-sd{negative}, {guidance}, "
+          f"{args.sampler} with {args.steps} steps)")
+    return 0
 
 
 def _digits_denoiser(args, model, config, sampler, labels, device):
@@ -182,6 +257,8 @@ def _digits_denoiser(args, model, config, sampler, labels, device):
 def run_generate(args) -> int:
     _check_generate_args(args)
     device = resolve_device(args.device)
+    if args.model == "mini-sd":
+        return _generate_mini_sd(args, device)
     name = NEEDED_CHECKPOINTS[(args.model, args.guidance)][0]
     model, config = load_course_model(name, device=device, directory=args.checkpoint_dir)
     schedule = make_schedule(**config["schedule"])
@@ -203,18 +280,12 @@ def run_generate(args) -> int:
     images = sample_loop(denoise, sampler, x_T, generator=generator, progress=not args.no_progress)
     images = images.clamp(-1, 1).cpu()
     scale = max(1, DISPLAY_SIZE // max(height, width))
+    path = _save_images(args, images, scale)
     if args.out is not None:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid_image(images, scale=scale).save(path)
         guidance = "no guidance" if guidance_scale is None else f"{args.guidance} guidance at scale {guidance_scale:g}"
         print(f"wrote {path} ({args.num_images} images from {name}, {guidance}, {args.sampler} with {args.steps} steps)")
     else:
-        folder = Path(args.out_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(images):
-            to_pil(image, scale=scale).save(folder / f"{index:03d}.png")
-        print(f"wrote {args.num_images} images to {folder}/ (000.png ...) from {name}")
+        print(f"wrote {args.num_images} images to {path}/ (000.png ...) from {name}")
     return 0
 
 
@@ -245,12 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default="digits", help=f"one of: {', '.join(MODELS)} (default: digits)")
     generate.add_argument("--label", type=int,
                           help="the digit to draw, 0-9 (needs --guidance cfg or classifier; default: 0, 1, ..., 9 in turn)")
-    generate.add_argument("--guidance", default="none", help=f"one of: {', '.join(GUIDANCE)} (default: none)")
+    generate.add_argument("--guidance",
+                          help=f"one of: {', '.join(GUIDANCE)} (default: none for digits, cfg for mini-sd)")
     generate.add_argument("--guidance-scale", type=float,
-                          help="cfg: diffusers' guidance_scale, 1 = no guidance (default 3); "
-                               "classifier: lambda, 0 = no guidance (default 5)")
+                          help="cfg: diffusers' guidance_scale, 1 = no guidance (default 3 for digits, 7.5 for "
+                               "mini-sd); classifier: lambda, 0 = no guidance (default 5)")
     generate.add_argument("--prompt", help="text prompt (--model mini-sd)")
     generate.add_argument("--negative-prompt", help="negative prompt (--model mini-sd)")
+    generate.add_argument("--height", type=int, help="image height in pixels (--model mini-sd; default: 64)")
+    generate.add_argument("--width", type=int, help="image width in pixels (--model mini-sd; default: 64)")
     generate.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
     generate.add_argument("--sampler", default="ddim", help=f"one of: {', '.join(SAMPLER_NAMES)} (default: ddim)")
     generate.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")

@@ -15,6 +15,7 @@ from PIL import Image
 from course_lib.__main__ import main
 from course_lib.train import RECIPES, build_network, save_checkpoint
 
+from _minisd import make_mini_sd
 from test_train import TINY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +116,19 @@ def test_generate_with_every_sampler(capsys, digits_folder, tmp_path, sampler):
     (["generate", "--steps", "0"], "--steps must be between 1 and 1000, got 0"),
     (["generate", "--num-images", "0"], "--num-images must be between 1 and 1024"),
     (["generate", "--model", "dalle"], "Unknown model 'dalle'"),
-    (["generate", "--model", "mini-sd", "--prompt", "a red circle"], "--model mini-sd is not available yet"),
+    (["generate", "--model", "mini-sd", "--prompt", "a red circle"],
+     r"missing shapes-vae.safetensors.*python -m course_lib train shapes-vae; .*python -m course_lib train shapes-ldm"),
+    (["generate", "--model", "mini-sd"], '--model mini-sd needs a prompt: add --prompt "a large red circle'),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--label", "3"], "--label is for --model digits"),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--guidance", "classifier"], "has no noise-aware classifier"),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--guidance", "none", "--guidance-scale", "3"],
+     "--guidance-scale has no effect with --guidance none"),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--guidance", "none", "--negative-prompt", "b"],
+     "--negative-prompt needs guidance"),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--guidance-scale", "-2"], "--guidance-scale must be at least 0"),
+    (["generate", "--model", "mini-sd", "--prompt", "a", "--height", "4"], "--height must be between 8 and 4096, got 4"),
+    (["generate", "--height", "32"], "--height and --width are for --model mini-sd"),
+    (["generate", "--prompt", "a red circle"], "--prompt and --negative-prompt are for --model mini-sd"),
     (["generate", "--guidance", "cfg", "--label", "3"], "No checkpoint 'digits-cfg'|digits-cfg.*missing|"
                                                         "python -m course_lib train digits-cfg"),
     (["generate", "--guidance", "cfg", "--label", "10"], "--label must be between 0 and 9, got 10"),
@@ -191,3 +204,73 @@ def test_as_a_real_process(tmp_path):
                            text=True, env=env, cwd=tmp_path, timeout=120)
     assert error.returncode == 1 and "Traceback" not in error.stderr
     assert "python -m course_lib train digits-ddpm" in error.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# generate --model mini-sd: the StableDiffusion pipeline on tiny random mini-SD checkpoints
+
+
+@pytest.fixture(scope="module")
+def mini_sd_folder(tmp_path_factory):
+    return make_mini_sd(tmp_path_factory.mktemp("mini-sd"))
+
+
+def test_generate_mini_sd_grid_and_folder(capsys, mini_sd_folder, tmp_path):
+    common = ["generate", "--model", "mini-sd", "--prompt", "a large red circle in the center", "--checkpoint-dir",
+              str(mini_sd_folder), "--steps", "2", "--num-images", "4", "--device", "cpu", "--no-progress"]
+    status, out, err = _run(capsys, *common, "--out", str(tmp_path / "grid.png"))
+    assert status == 0, err
+    assert "grid.png (4 images of 'a large red circle in the center' from mini-sd, guidance scale 7.5, ddim with 2 " \
+           "steps)" in out
+    grid = Image.open(tmp_path / "grid.png")
+    assert grid.size == (4 * 35, 4 * 35) and grid.mode == "RGB"  # 2x2 images of 16 px with 1 px padding, enlarged 4x
+    status, out, _ = _run(capsys, *common, "--out-dir", str(tmp_path / "images"))
+    assert status == 0 and "000.png ... 003.png" in out
+    assert sorted(os.listdir(tmp_path / "images")) == ["000.png", "001.png", "002.png", "003.png"]
+    first = Image.open(tmp_path / "images" / "000.png")
+    assert first.size == (64, 64) and first.mode == "RGB"
+
+    # the same images as the pipeline with the same seed
+    from course_lib.pipeline import StableDiffusion
+
+    pipe = StableDiffusion.from_course("mini-sd", directory=mini_sd_folder)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe("a large red circle in the center", num_inference_steps=2, guidance_scale=7.5,
+                generator=torch.Generator().manual_seed(0), num_images_per_prompt=4, output_type="pil")
+    got = [Image.open(tmp_path / "images" / f"{i:03d}.png").resize((16, 16), Image.NEAREST) for i in range(4)]
+    for a, b in zip(got, want):
+        assert abs(torch.tensor(list(a.getdata())) - torch.tensor(list(b.getdata()))).max() <= 1
+
+    # the same seed gives the same grid, another seed another one
+    _run(capsys, *common, "--out", str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "grid.png").read_bytes()
+    _run(capsys, *common, "--seed", "1", "--out", str(tmp_path / "other.png"))
+    assert (tmp_path / "other.png").read_bytes() != (tmp_path / "grid.png").read_bytes()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "euler", "dpmsolver"])
+def test_generate_mini_sd_options(capsys, mini_sd_folder, tmp_path, sampler):
+    status, out, err = _run(capsys, "generate", "--model", "mini-sd", "--prompt", "a blue square",
+                            "--negative-prompt", "a circle", "--guidance-scale", "3", "--sampler", sampler,
+                            "--height", "32", "--width", "16", "--num-images", "2", "--steps", "2",
+                            "--checkpoint-dir", str(mini_sd_folder), "--device", "cpu", "--no-progress",
+                            "--out-dir", str(tmp_path))
+    assert status == 0, err
+    assert f"negative prompt 'a circle', guidance scale 3, {sampler} with 2 steps" in out
+    assert Image.open(tmp_path / "001.png").size == (32, 64)  # 16 x 32 enlarged twice
+
+
+def test_generate_mini_sd_without_guidance_and_with_unknown_words(capsys, mini_sd_folder, tmp_path):
+    status, out, err = _run(capsys, "generate", "--model", "mini-sd", "--prompt", "a purple circle", "--guidance",
+                            "none", "--steps", "1", "--num-images", "1", "--checkpoint-dir", str(mini_sd_folder),
+                            "--device", "cpu", "--no-progress", "--out", str(tmp_path / "g.png"))
+    assert status == 0, err
+    assert "from mini-sd, no guidance, ddim with 1 steps" in out
+    assert "warning: These words are not in the tokenizer's vocabulary" in err and "'purple'" in err
+    assert "Traceback" not in err and "UserWarning" not in err
+
+
+def test_generate_mini_sd_pipeline_errors_print_a_message(capsys, mini_sd_folder, tmp_path):
+    status, _, err = _run(capsys, "generate", "--model", "mini-sd", "--prompt", "a red circle", "--height", "18",
+                          "--checkpoint-dir", str(mini_sd_folder), "--device", "cpu", "--out", str(tmp_path / "g.png"))
+    assert status == 1 and err.startswith("error: height must be a multiple of 4, got 18") and "Traceback" not in err

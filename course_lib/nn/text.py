@@ -215,7 +215,7 @@ def tokenize_prompts(tokenizer, prompts) -> dict:
     unknown = {}  # lowercase word -> the word as first written; a dict keeps the order
     for prompt, ids, offsets in zip(prompts, full["input_ids"], full["offset_mapping"]):
         for token_id, (start, end) in zip(ids, offsets):
-            if unk_id is not None and token_id == unk_id:
+            if unk_id is not None and token_id == unk_id and end > start:  # CLIP: unk is <|endoftext|>, at (0, 0)
                 unknown.setdefault(prompt[start:end].lower(), prompt[start:end])
     unknown = list(unknown.values())
     if unknown:
