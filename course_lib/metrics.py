@@ -9,6 +9,7 @@ diversity?". Looking at a grid is not an answer, so the course measures:
     Fréchet distance    how far is the distribution of samples from the distribution of real
                         digits, in the judge's feature space?
     PSNR                how close is a reconstruction to its original (the autoencoder, lesson 05)?
+    forward cost        FLOPs, time and activation memory of one network call (why latents, lesson 05)
 
 The Fréchet distance here is computed in the feature space of the course's small digit judge. It
 is the same formula as FID, but FID means "in the feature space of one specific Inception-v3", so
@@ -34,11 +35,17 @@ from torch import nn
 from .checks import check_finite, check_floating, check_int_range, check_labels, check_number
 
 __all__ = [
+    "shapes_prompt_grid",
+    "shapes_judge_report",
     "attribute_prompts",
     "clip_zero_shot_accuracy",
+    "count_flops",
+    "ForwardCost",
+    "forward_cost",
     "judge_predictions",
     "judge_features",
     "judge_accuracy",
+    "judge_attribute_accuracy",
     "per_class_accuracy",
     "Diversity",
     "diversity",
@@ -48,6 +55,7 @@ __all__ = [
     "judge_frechet_distance",
     "psnr",
     "sample_report",
+    "saved_activation_bytes",
 ]
 
 
@@ -433,4 +441,215 @@ def clip_zero_shot_accuracy(model, split: str = "test", num_images: int | None =
         best = (image_embeds @ text_embeds.T).argmax(dim=1)  # (N,) prompt index
         predicted = torch.tensor([values.index(prompt_values[k]) for k in best.tolist()])
         out[attribute] = round((predicted == truth[attribute]).float().mean().item(), 4)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The cost of one forward pass (lesson 05: why latents)
+# ---------------------------------------------------------------------------------------------
+
+
+class ForwardCost(NamedTuple):
+    """What one forward pass of a network costs (see :func:`forward_cost`)."""
+
+    flops: int  # floating-point operations of the matrix products and convolutions (a multiply-add is 2)
+    seconds: float | None  # wall time of one forward without gradients; None on the meta device
+    activation_bytes: int | None  # bytes of the tensors autograd keeps for backward; None on the meta device
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of softmax(Q K^T / sqrt(d)) V: two batched products, 2 * 2 * B * h * L_q * L_k * d."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn, *args, **kwargs) -> int:
+    """Floating-point operations of ``fn(*args, **kwargs)``, counted by torch.utils.flop_counter.
+
+    FlopCounterMode counts the matrix products and convolutions (2 per multiply-add), which are
+    almost all of a network's arithmetic; normalisations, activations and additions are left out.
+    It reads only shapes, so tensors on the meta device (no memory, no values) work too. On the
+    CPU, ``F.scaled_dot_product_attention`` runs a fused kernel that FlopCounterMode does not know:
+    it is counted here with the same formula as the GPU kernels (on the meta device attention
+    decomposes into two ``bmm``, which count the same).
+
+    :param fn: any callable, e.g. a network or ``vae.decode``; run once, without gradients
+    :return: the number of FLOPs (int)
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas_not_in_torch())
+    with counter, torch.no_grad():
+        fn(*args, **kwargs)
+    return int(counter.get_total_flops())
+
+
+def _flop_formulas_not_in_torch() -> dict:
+    aten = torch.ops.aten
+    return {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
+def saved_activation_bytes(model: nn.Module, *args, **kwargs) -> int:
+    """Bytes of the activations that autograd keeps from one forward pass, for the backward pass.
+
+    This is what training needs in memory besides the weights, their gradients and the optimizer's
+    state, and it grows with the batch and with the number of positions H x W. Measured with
+    ``torch.autograd.graph.saved_tensors_hooks`` while the model's parameters require gradients
+    (their state is restored afterwards); the parameters themselves are not counted, and a tensor
+    saved by several operations counts once.
+
+    :param model: the network; called as ``model(*args, **kwargs)``, with gradients
+    :return: bytes (int); 0 when nothing needs a gradient
+    """
+    return _forward_with_gradients(model, args, kwargs)
+
+
+def _forward_with_gradients(model: nn.Module, args: tuple, kwargs: dict, counter=None) -> int:
+    """One forward pass with gradients: the bytes autograd saves (and the FLOPs, into ``counter``)."""
+    import contextlib
+
+    weights = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
+    saved: dict[int, int] = {}  # storage address -> bytes
+    alive = []  # hold the saved tensors until counted, so that no storage address is reused meanwhile
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in weights:
+            saved[storage._cdata] = storage.nbytes()
+            alive.append(tensor)
+        return tensor
+
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(p.is_floating_point())
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                (counter if counter is not None else contextlib.nullcontext()):
+            output = model(*args, **kwargs)
+        del output  # frees the graph and what it saved
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+    alive.clear()
+    return int(sum(saved.values()))
+
+
+def forward_cost(model: nn.Module, *args, repeats: int = 1, **kwargs) -> ForwardCost:
+    """FLOPs, time and training activation memory of one forward pass ``model(*args, **kwargs)``.
+
+    A first pass with gradients counts the FLOPs (:func:`count_flops`) and the saved activations
+    (:func:`saved_activation_bytes`) and warms up; then ``repeats`` passes without gradients are
+    timed and the fastest is reported. On the meta device (a network built under
+    ``torch.device("meta")``, no weights in memory) only the FLOPs are counted.
+
+    :param model: the network (an ``nn.Module``)
+    :param repeats: timed forward passes
+    :return: a :class:`ForwardCost` (flops, seconds, activation_bytes)
+    """
+    import time
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    check_int_range(repeats, "repeats", 1)
+    parameter = next(model.parameters(), None)
+    if parameter is not None and parameter.device.type == "meta":
+        return ForwardCost(count_flops(model, *args, **kwargs), None, None)
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas_not_in_torch())
+    activation_bytes = _forward_with_gradients(model, args, kwargs, counter)
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(*args, **kwargs)
+            times.append(time.perf_counter() - start)
+    return ForwardCost(int(counter.get_total_flops()), min(times), activation_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes world: does a picture show what its prompt asked for?
+# ---------------------------------------------------------------------------------------------
+
+
+def shapes_prompt_grid(heldout: bool = False) -> list[dict]:
+    """Every full prompt of the shapes world with its attributes, in a fixed order.
+
+    :param heldout: False: the 160 prompts of colour-shape pairs seen in training (3 shapes x 6
+        colours - 2 held-out pairs, x 2 sizes x 5 positions); True: the 20 prompts of the
+        held-out pairs (green triangles, blue circles)
+    :return: [{"prompt": "a small red circle in the top left", "shape": "circle", "color": "red",
+        "size": "small", "position": "top left"}, ...]
+    """
+    from .captions import ATTRIBUTES, HELDOUT_PAIRS, shape_caption
+
+    grid = []
+    for shape in ATTRIBUTES["shape"]:
+        for color in ATTRIBUTES["color"]:
+            if ((shape, color) in HELDOUT_PAIRS) != heldout:
+                continue
+            for size in ATTRIBUTES["size"]:
+                for position in ATTRIBUTES["position"]:
+                    grid.append({"prompt": shape_caption(shape, color, size, position), "shape": shape,
+                                 "color": color, "size": size, "position": position})
+    return grid
+
+
+@torch.no_grad()
+def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted: list[dict]) -> dict:
+    """How many pictures show what was asked, attribute by attribute, read by the shapes judge.
+
+    :param judge: the shapes judge (``load_course_model("shapes-judge")``): a CNN with four heads
+    :param images: (N, 3, 64, 64) in [-1, 1] (clamped here)
+    :param wanted: N dicts with the asked-for "shape", "color", "size" and "position" (any may be
+        missing: a prompt that does not name it), e.g. from :func:`shapes_prompt_grid`
+    :return: {"shape": share right, "color": ..., "size": ..., "position": ...,
+        "all": share with every asked attribute right, "color_and_shape": share with both right}
+    """
+    from .captions import ATTRIBUTES
+    from .train import split_attribute_logits
+
+    images = _check_images(images)
+    if len(wanted) != images.shape[0]:
+        raise ValueError(f"Got {images.shape[0]} images but {len(wanted)} wanted-attribute entries; "
+                         f"pass one dict per image.")
+    heads = split_attribute_logits(torch.cat([judge(images[i:i + 250].clamp(-1, 1))
+                                              for i in range(0, len(images), 250)]))
+    right = {}
+    for name, values in ATTRIBUTES.items():
+        predicted = [values[k] for k in heads[name].argmax(1).tolist()]
+        # None where the prompt did not ask for this attribute: it counts as right
+        right[name] = torch.tensor([w.get(name) is None or w[name] == p for w, p in zip(wanted, predicted)])
+    report = {name: round(ok.float().mean().item(), 4) for name, ok in right.items()}
+    everything = right["shape"] & right["color"] & right["size"] & right["position"]
+    report["all"] = round(everything.float().mean().item(), 4)
+    report["color_and_shape"] = round((right["shape"] & right["color"]).float().mean().item(), 4)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes world: the judge's four heads (lessons 05-06)
+# ---------------------------------------------------------------------------------------------
+
+
+def judge_attribute_accuracy(judge: nn.Module, images: torch.Tensor, attributes: dict[str, torch.Tensor],
+                             batch_size: int = 256) -> dict[str, float]:
+    """Share of shapes pictures whose shape, colour, size and position the shapes judge reads right.
+
+    :param judge: the shapes judge (``load_course_model("shapes-judge")``), logits (B, 16) cut into
+        one head per attribute by ``course_lib.train.split_attribute_logits``
+    :param images: (B, 3, 64, 64) in [-1, 1]
+    :param attributes: the intended value of each attribute as integer ids, {"shape": (B,), "color": (B,),
+        "size": (B,), "position": (B,)}, as ``datasets.shapes_attributes`` gives them
+    :return: {"shape": acc, "color": acc, "size": acc, "position": acc}, each in [0, 1]
+    """
+    from .train import split_attribute_logits
+
+    heads = split_attribute_logits(_run_judge(judge, images, "forward", batch_size))
+    out = {}
+    for name, logits in heads.items():
+        if name not in attributes:
+            raise ValueError(f"attributes has no {name!r} entry; expected the keys {list(heads)} "
+                             f"(datasets.shapes_attributes(split) gives them all).")
+        labels = check_labels(attributes[name], logits.shape[1], images.shape[0], f"attributes[{name!r}]").cpu()
+        out[name] = (logits.argmax(dim=1).cpu() == labels).double().mean().item()
     return out

@@ -662,7 +662,7 @@ _register(Recipe(
     loss=latent_diffusion_loss,
     loss_args={"caption_dropout": SHAPES_LDM_CAPTION_DROPOUT},
     schedule=SHAPES_LDM_SCHEDULE,
-    steps=2500,
+    steps=3000,
     batch_size=64,
     lr=1e-3,
     warmup_steps=100,

@@ -301,3 +301,36 @@ def test_sample_report_combines_the_metrics():
     assert len(report["per_class_accuracy"]) == 10
     assert report["diversity_pixels"] > 0 and report["diversity_features"] > 0
     assert report["frechet_distance"] >= 0
+
+
+def test_shapes_prompt_grid_covers_every_full_prompt_once():
+    from course_lib.metrics import shapes_prompt_grid
+
+    seen, heldout = shapes_prompt_grid(), shapes_prompt_grid(heldout=True)
+    assert len(seen) == 160 and len(heldout) == 20
+    assert len({w["prompt"] for w in seen + heldout}) == 180
+    assert {(w["shape"], w["color"]) for w in heldout} == {("triangle", "green"), ("circle", "blue")}
+    assert seen[0]["prompt"] == "a small red circle in the top left"
+
+
+def test_shapes_judge_report_counts_what_was_asked():
+    from course_lib.metrics import shapes_judge_report
+
+    # a fake judge that always answers: circle, red, small, top left (the first value of each head)
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 16)
+            logits[:, [0, 3, 9, 11]] = 5.0
+            return logits
+
+    wanted = [
+        {"shape": "circle", "color": "red", "size": "small", "position": "top left"},  # all right
+        {"shape": "circle", "color": "blue", "size": "small", "position": "top left"},  # colour wrong
+        {"shape": "square", "color": "red", "size": "large", "position": "center"},  # 3 wrong
+        {"shape": "circle"},  # only the shape asked: right
+    ]
+    report = shapes_judge_report(Fixed(), torch.zeros(4, 3, 64, 64), wanted)
+    assert report == {"shape": 0.75, "color": 0.75, "size": 0.75, "position": 0.75, "all": 0.5,
+                      "color_and_shape": 0.5}
+    with pytest.raises(ValueError, match="one dict per image"):
+        shapes_judge_report(Fixed(), torch.zeros(3, 3, 64, 64), wanted)
