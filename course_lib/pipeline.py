@@ -459,6 +459,95 @@ class StableDiffusion:
         # 6. latents -> images
         return self.to_images(self.decode_latents(latents), output_type)
 
+    @torch.no_grad()
+    def img2img(self, image, prompt, strength: float = 0.8, negative_prompt=None, num_inference_steps: int = 50,
+                guidance_scale: float = 7.5, sampler: str = "ddim", generator: torch.Generator | None = None,
+                output_type: str = "pil"):
+        """Image-to-image (SDEdit, Meng et al. 2022), as diffusers' ``StableDiffusionImg2ImgPipeline``.
+
+        Encode the image, noise its latent to a timestep chosen by ``strength``, then run the end of
+        the denoising loop with the new prompt:
+
+            z_0 = s E(x)                                  a sample of q(z | x), scaled
+            k = int(n * strength),  t_start = timesteps[n - k]
+            z_t = sqrt(ᾱ_t) z_0 + sqrt(1 - ᾱ_t) eps       (sampler.add_noise)
+            then the last k steps of the loop from z_t
+
+        strength 0 returns the image's own round trip; strength 1 starts from (almost) pure noise.
+
+        :param image: a PIL image, a list of B PIL images, or a tensor (B, 3, H, W) in [-1, 1];
+            H and W multiples of ``size_multiple``
+        :param prompt: one prompt, or B prompts (one per image)
+        :param strength: how much of the image is destroyed, in [0, 1]
+        :param negative_prompt, num_inference_steps, guidance_scale, sampler, generator, output_type:
+            as in ``__call__`` (no guidance sweep here)
+        :return: the images, one per input image
+        """
+        images = self._image_tensor(image)
+        height, width = images.shape[-2:]
+        strength = check_number(strength, "strength", 0.0)
+        if strength > 1:
+            raise ValueError(f"strength must be in [0, 1], got {strength}: 0 keeps the image, 1 starts from noise.")
+        prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
+                                            guidance_scale, sampler, generator, None, 1, output_type, None)
+        if len(scales) != 1:
+            raise ValueError("img2img takes one guidance_scale, not a list. Call it once per scale.")
+        if len(prompts) == 1 and len(images) > 1:
+            prompts = prompts * len(images)
+        if len(prompts) != len(images):
+            raise ValueError(f"Got {len(images)} images and {len(prompts)} prompts. Pass one prompt for all, "
+                             f"or one per image.")
+        do_cfg = scales[0] > 1
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompt, 1, do_cfg)
+        if do_cfg:
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+
+        # 1. the timesteps: only the last k = int(n * strength) of the grid are run
+        sampler = self.make_sampler(sampler)
+        sampler.set_timesteps(num_inference_steps)
+        k = min(int(num_inference_steps * strength), num_inference_steps)
+        timesteps = sampler.timesteps[num_inference_steps - k:]
+
+        # 2. z_0 = s * (a sample of q(z | x)), drawn with the generator first, as diffusers does
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images.to(device=self.device, dtype=vae_dtype))
+        latents = (posterior.sample(generator) * self.vae.config.scaling_factor).to(self.dtype)
+        if k == 0:  # strength 0: nothing to denoise
+            return latents if output_type == "latent" else self.to_images(self.decode_latents(latents), output_type)
+
+        # 3. z_t: the forward process to the first timestep run
+        noise = randn_tensor(latents.shape, generator, device=self.device, dtype=self.dtype)
+        latents = sampler.add_noise(latents, noise, timesteps[0])
+
+        # 4. the end of the denoising loop
+        for t in tqdm(timesteps, **{"desc": f"{sampler.name} img2img", **self._progress_bar_config}):
+            latents = self.denoise_step(sampler, latents, t, prompt_embeds, scales[0], do_cfg, generator)
+        if output_type == "latent":
+            return latents
+        return self.to_images(self.decode_latents(latents), output_type)
+
+    def _image_tensor(self, image) -> torch.Tensor:
+        """PIL image(s) or a tensor in [-1, 1] -> (B, 3, H, W) float tensor in [-1, 1]."""
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            image = [image]
+        if isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
+            arrays = [np.asarray(i.convert("RGB"), dtype=np.float32) / 255.0 for i in image]
+            if len({a.shape for a in arrays}) != 1:
+                raise ValueError(f"The images have different sizes {sorted({a.shape[:2] for a in arrays})}; "
+                                 f"resize them to one size first.")
+            # [0, 255] -> [-1, 1]; (B, H, W, 3) -> (B, 3, H, W)
+            image = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"image must be a PIL image, a list of PIL images or a tensor (B, 3, H, W) in [-1, 1], "
+                            f"got {type(image).__name__}.")
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image has shape {tuple(image.shape)}, expected (B, 3, H, W) with values in [-1, 1].")
+        return image.float()
+
     def check_inputs(self, prompt, negative_prompt, height, width, num_inference_steps, guidance_scale,
                      sampler, generator, latents, num_images_per_prompt, output_type, callback):
         """Refuse bad arguments before any work, each with what was wrong and what to do.

@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_floating, check_int_range, check_number, check_shape, check_timesteps
-from .diffusion import pred_x0_from_eps
+from .diffusion import pred_x0_from_eps, q_sample
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -206,6 +206,20 @@ class Sampler:
     def step(self, model_output: torch.Tensor, t, sample: torch.Tensor, generator=None) -> torch.Tensor:
         """One sampling step from x_t to the next sample; returns the new sample."""
         raise NotImplementedError
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """Noise clean samples to timestep t of the grid, in this sampler's variable (img2img).
+
+            x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) eps      (the forward process, q_sample)
+
+        :param original: x_0, (B, C, H, W)
+        :param noise: eps, same shape
+        :param t: one of ``self.timesteps``
+        :return: the sample the loop continues from at t
+        """
+        self.index_of(t)  # t must be on the grid
+        t_batch = torch.full((original.shape[0],), int(t), dtype=torch.long, device=original.device)
+        return q_sample(original, t_batch, noise, self.schedule)
 
     @staticmethod
     def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor) -> None:
@@ -393,6 +407,11 @@ class EulerSampler(Sampler):
         sigma = self._sigmas()[self.index_of(t)]
         # ᾱ_t = 1 / (1 + σ²)
         return 1 / (1 + sigma ** 2)
+
+    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+        """x = x_0 + σ_t eps: the forward process in sigma variables (x = x_t / sqrt(ᾱ_t))."""
+        sigma = self._sigmas()[self.index_of(t)]
+        return original + sigma.to(original.dtype) * noise
 
     def step(self, model_output: torch.Tensor, t, sample: torch.Tensor, generator=None) -> torch.Tensor:
         """x_next = x + (sigma_next - sigma) dx/dsigma, with dx/dsigma = (x - x̂_0) / sigma.

@@ -470,3 +470,47 @@ def test_diffusers_float16_pipeline_on_cuda(clip_tokenizer):
     assert ours.device.type == "cuda" and ours.dtype == torch.float16
     images = ours("a red circle", num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np")
     assert np.isfinite(images).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# img2img, against diffusers' StableDiffusionImg2ImgPipeline with the same components
+
+
+@pytest.mark.filterwarnings("ignore:Passing `image` as torch tensor:FutureWarning")
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler", "dpmsolver"])
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_img2img_matches_diffusers(diffusers_pair, sampler, strength):
+    diffusers, theirs, ours = diffusers_pair
+    base_config = diffusers.DDIMScheduler(**SD15_SCHEDULER).config
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**theirs.components)
+    img2img.scheduler = getattr(diffusers, SCHEDULERS[sampler]).from_config(base_config)
+    img2img.set_progress_bar_config(disable=True)
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    kwargs = dict(prompt=["a red circle", "a square"], negative_prompt=["a blue square", ""], strength=strength,
+                  num_inference_steps=6, guidance_scale=7.5)
+    want = img2img(image=image, generator=torch.Generator().manual_seed(2), output_type="np", **kwargs).images
+    got = ours.img2img(image, generator=torch.Generator().manual_seed(2), output_type="np", sampler=sampler, **kwargs)
+    assert np.abs(got - want).max() < TOL, (sampler, strength, np.abs(got - want).max())
+
+
+def test_img2img_strength_and_inputs(pipe):
+    from PIL import Image
+
+    picture = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (200, 40, 40))
+    kept = pipe.img2img(picture, "a circle", strength=0.0, generator=torch.Generator().manual_seed(0),
+                        output_type="np")
+    roundtrip = pipe.to_images(pipe.decode_latents(pipe.vae.encode(
+        torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
+    ).sample(torch.Generator().manual_seed(0)) * pipe.vae.config.scaling_factor), "np")
+    assert np.abs(kept - roundtrip).max() < 1e-5  # strength 0: only the autoencoder's round trip
+    light = pipe.img2img(picture, "a circle", strength=0.3, num_inference_steps=10,
+                         generator=torch.Generator().manual_seed(0), output_type="np")
+    heavy = pipe.img2img(picture, "a circle", strength=1.0, num_inference_steps=10,
+                         generator=torch.Generator().manual_seed(0), output_type="np")
+    assert np.abs(light - kept).mean() < np.abs(heavy - kept).mean()  # more strength, further from the input
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        pipe.img2img(picture, "a circle", strength=1.5)
+    with pytest.raises(TypeError, match="PIL image"):
+        pipe.img2img("picture.png", "a circle")
+    with pytest.raises(ValueError, match="2 images and 3 prompts"):
+        pipe.img2img([picture, picture], ["a", "b", "c"])

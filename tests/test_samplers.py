@@ -306,3 +306,21 @@ def test_constructor_errors():
         EulerSampler(s, timestep_spacing="uniform")
     with pytest.raises(ValueError, match="steps_offset must be at least 0"):
         DPMSolverSampler(s, steps_offset=-1)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "dpmsolver"])
+def test_add_noise_is_the_forward_process_in_each_samplers_variable(name):
+    from course_lib.diffusion import q_sample
+
+    schedule = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
+    sampler = make_sampler(name, schedule)
+    sampler.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn((2, 3, 4, 4, 4), generator=generator)
+    t = sampler.timesteps[3]
+    noisy = sampler.add_noise(x0, eps, t)
+    x_t = q_sample(x0, torch.full((x0.shape[0],), int(t)), eps, schedule)  # sqrt(ab) x0 + sqrt(1 - ab) eps
+    # the denoiser sees scale_model_input(noisy): x_t in every sampler (Euler steps in x_t / sqrt(ab))
+    assert torch.allclose(sampler.scale_model_input(noisy, t), x_t, atol=1e-5)
+    with pytest.raises(ValueError, match="not one of this sampler's timesteps"):
+        sampler.add_noise(x0, eps, 7)
