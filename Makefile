@@ -1,4 +1,5 @@
-# The course's two commands:  make lab  (open the notebooks)  and  make test  (check everything).
+# The course's two commands:  make lab  (open the notebooks)  and  make test  (check everything);
+# make app  serves the guidance explorer as a web page for a lecture.
 #
 # Variables a user may override on the command line:
 #   PYTHON  the interpreter that creates the virtual environment (3.10 to 3.12)
@@ -7,17 +8,19 @@
 #             make lab TORCH="torch==2.5.1 --index-url https://download.pytorch.org/whl/cu124"
 #           or TORCH=torch to take whatever build pip picks for your platform.
 #   VENV    where the virtual environment lives (default .venv)
+#   APP_PORT  the port of  make app  (default 8866)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 STUDENT_DIR ?= student
+APP_PORT ?= 8866
 
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.course-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup lab test unit notebooks student info clean
+.PHONY: setup lab app test unit notebooks student info clean
 
 setup: $(STAMP)
 
@@ -30,7 +33,14 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-# Unit tests, then every notebook executed top to bottom by nbval.
+# The guidance explorer of lesson 07 as a web page (Voila: the widgets, no code), on the course's
+# mini-SD; on Stable Diffusion v1.5 when COURSE_SD_PATH names a folder with its weights.
+app: $(STAMP)
+	@echo "The guidance explorer: open http://localhost:$(APP_PORT)/ in a browser (Ctrl-C stops it)."
+	$(BIN)/voila app/guidance_explorer.ipynb --port=$(APP_PORT)
+
+# Unit tests (tests/test_browser.py drives lessons 04, 07 and the app in Chromium), then every
+# notebook executed top to bottom by nbval.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
 

@@ -653,3 +653,62 @@ def judge_attribute_accuracy(judge: nn.Module, images: torch.Tensor, attributes:
         labels = check_labels(attributes[name], logits.shape[1], images.shape[0], f"attributes[{name!r}]").cpu()
         out[name] = (logits.argmax(dim=1).cpu() == labels).double().mean().item()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes world: Fréchet distance in the tiny CLIP's image features (lesson 08)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def clip_image_features(model, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """The tiny CLIP's unit-length image embeddings v_i (what the CLIP score compares with a caption).
+
+    :param model: a ``transformers.CLIPModel`` (``load_course_model("shapes-clip")``), run in eval mode
+    :param images: (N, 3, H, W) in [-1, 1] (clamped here), moved batch by batch to the model's device
+    :param batch_size: images per forward pass
+    :return: (N, P) float32 on the CPU, each row of length 1
+    """
+    from torch.nn import functional as F
+
+    check_int_range(batch_size, "batch_size", 1)
+    images = _check_images(images)
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        features = []
+        for start in range(0, images.shape[0], batch_size):
+            pixels = images[start:start + batch_size].clamp(-1, 1).to(parameter.device, parameter.dtype)
+            # v = W_v pool(vision(x)) / ||W_v pool(vision(x))||
+            embeds = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
+            features.append(F.normalize(embeds.float(), dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(features)
+
+
+def clip_frechet_distance(model, images: torch.Tensor, reference_images: torch.Tensor | None = None,
+                          reference_statistics: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Fréchet distance between generated and real pictures in the tiny CLIP's image features.
+
+    The FID formula (:func:`gaussian_frechet_distance`) on :func:`clip_image_features`; not FID,
+    which is defined with Inception-v3 features. The estimate grows as N shrinks (a covariance from
+    few samples), so compare only numbers computed with the same N and the same reference.
+
+    :param model: the tiny CLIP (``load_course_model("shapes-clip")``)
+    :param images: (N, 3, H, W) generated pictures in [-1, 1], N >= 2
+    :param reference_images: (M, 3, H, W) real pictures in [-1, 1] (e.g. ``shapes_tensors("test")[0]``)
+    :param reference_statistics: instead of ``reference_images``, their ``feature_statistics`` (mean,
+        covariance) computed once, for many comparisons against the same reference
+    :return: d² >= 0
+    """
+    if (reference_images is None) == (reference_statistics is None):
+        raise ValueError("Pass exactly one of reference_images (real pictures) and reference_statistics "
+                         "(feature_statistics(clip_image_features(model, real_pictures))).")
+    if reference_statistics is None:
+        reference_statistics = feature_statistics(clip_image_features(model, reference_images))
+    return gaussian_frechet_distance(*feature_statistics(clip_image_features(model, images)), *reference_statistics)
+
+
+__all__ += ["clip_image_features", "clip_frechet_distance"]

@@ -1,0 +1,376 @@
+"""The widgets in a real browser: lessons 04 and 07 in JupyterLab, and the Voilà guidance explorer.
+
+JupyterLab (with a random token) and Voilà are started on 127.0.0.1, on copies of the notebooks
+with their outputs cleared, so the committed notebooks are never written to. Debian's Chromium
+(``apt-get install chromium``; ``.ci/run`` installs it when missing) is driven headless by
+Playwright for Python through ``executable_path``: Playwright's own browsers are never downloaded.
+
+Each lesson is run as a learner runs it (Run > Run All Cells); then the guidance slider is moved
+with the arrow keys on its handle, and the test checks that the picture changed and that no
+error appeared. The Voilà page must show the explorer and no code. The three runs are started
+together by one fixture (their kernels run on one thread each), and each test then waits for its
+own page: the module takes about as long as lesson 04 alone (on a busy 2-core CPU about 95 s,
+170 s when lesson 04's guidance sweeps are not yet in artifacts/cache/, which the run fills).
+
+Screenshots go to ``artifacts/browser/`` (git-ignored): ``<name>.png`` (the widget after the
+move), ``<name>-image-before.png`` and ``-after.png``; on a failure ``<name>-failure.png`` (the
+whole page) and ``<name>-console.txt`` (the browser console), beside ``jupyterlab.log`` and
+``voila.log``. The whole module is skipped, saying why, where Chromium or Playwright is missing.
+"""
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+APP = ROOT / "app" / "guidance_explorer.ipynb"
+ARTIFACTS = ROOT / "artifacts" / "browser"
+LESSON_04 = "04_classifier_free_guidance.ipynb"
+LESSON_07 = "07_stable_diffusion_pipeline.ipynb"
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:
+    pytest.skip("no Chromium on this machine: apt-get install chromium (.ci/run does it) to run the browser tests",
+                allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed: pip install -e '.[test]'")
+
+SERVER_START_S = 90   # JupyterLab or Voilà answering, a kernel started (about 10 s on a busy 2-core machine)
+RUN_S = 300           # a notebook run to the end: lesson 04 takes 1-2 minutes on a 2-core CPU
+WIDGET_S = 30         # a slider move shows a cached picture: well under a second
+VIEWPORT = {"width": 1280, "height": 1800}   # tall: a whole explorer fits on screen, and in its screenshot
+
+# Lesson 04 builds its slider and picture with plain ipywidgets: they are found by the slider's
+# label, as a learner finds them. course_lib.widgets marks its widgets with CSS classes.
+LESSON_04_SLIDER = ".widget-slider:has(> label.widget-label:text-is('guidance'))"
+LESSON_04_IMAGE = ".widget-vbox:has(.widget-slider) img.widget-image"
+EXPLORER = ".course-guidance-explorer"
+EXPLORER_SLIDER = ".course-guidance-slider"
+EXPLORER_IMAGE = ".course-guidance-image"
+EXPLORER_ERROR = ".course-guidance-error"     # the explorer shows a failure as a status line, with this class
+EXPLORER_STATUS = ".course-guidance-status"
+
+# JupyterLab shows an error output as stderr; a widget that fails to render says so in its output.
+FIND_ERRORS_JS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
+    .map(o => ({mime: o.getAttribute('data-mime-type') || '', text: o.innerText || ''}))
+    .filter(o => (o.mime === 'application/vnd.jupyter.stderr' && /Traceback|Error/.test(o.text))
+                 || /Error displaying widget|Traceback \\(most recent call last\\)/.test(o.text))
+    .map(o => o.text.slice(0, 3000))"""
+
+# Run All has finished when no code cell waits ([*]) and at least one has run; a failing cell stops
+# the run, and the cells after it keep an empty prompt.
+RUN_FINISHED_JS = """() => {
+    const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')]
+        .map(p => p.textContent.trim());
+    return prompts.length > 0 && !prompts.some(p => p.includes('*')) && prompts.some(p => /\\[\\d+\\]/.test(p));
+}"""
+UNRUN_CELLS_JS = """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')]
+    .filter(c => !/\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt').textContent))
+    .map(c => c.querySelector('.jp-InputArea-editor').innerText.slice(0, 200))"""
+
+
+# ------------------------------------------------------------------------------------------ servers
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A server in a process group of its own (stopped together with its kernels), logging to a file."""
+
+    def __init__(self, name: str, command: list[str], port: int, log: Path, cwd: Path, env: dict, token: str = ""):
+        self.name, self.port, self.log, self.token = name, port, log, token
+        self._log_file = open(log, "wb")
+        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = SERVER_START_S) -> "Server":
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with status {self.process.returncode} before answering:\n"
+                                   f"{self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return self
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not answer on port {self.port} within {timeout:.0f} s:\n"
+                                   f"{self.log_tail()}")
+            time.sleep(0.2)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self._log_file.flush()
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=15)
+        self._log_file.close()
+
+
+def _server_env(tmp: Path) -> dict:
+    env = dict(os.environ)
+    env.update({
+        # this run's own Jupyter folders: no user configuration, password or user kernel (a "python3"
+        # kernel of another environment) applies; the kernel is this environment's
+        "JUPYTER_CONFIG_DIR": str(tmp / "jupyter-config"),
+        "JUPYTER_DATA_DIR": str(tmp / "jupyter-data"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "jupyter-runtime"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("COURSE_SD_PATH", None)                    # the course's mini-SD, whatever this machine has
+    return env
+
+
+def _cleared_copy(source: Path, target: Path) -> None:
+    """The notebook with its outputs, execution counts and saved widget state removed."""
+    notebook = json.loads(source.read_text())
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    notebook["metadata"].pop("widgets", None)
+    target.write_text(json.dumps(notebook, indent=1))
+
+
+def _lab_settings(folder: Path) -> None:
+    """JupyterLab user settings: start the notebook's kernel without asking, keep every cell in the
+    page (no windowing: every prompt and output is in the DOM), fetch no news and no updates."""
+    settings = {
+        "notebook-extension/tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+    }
+    for name, values in settings.items():
+        path = folder / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+
+def _start_servers(servers: dict, tmp: Path, lab: bool, voila: bool) -> None:
+    """Start JupyterLab on cleared copies of lessons 04 and 07 and Voilà on a cleared copy of the
+    app, into ``servers`` (so that the caller stops whatever started, even after a failure)."""
+    env = _server_env(tmp)
+    if lab:
+        root = tmp / "notebooks"
+        root.mkdir()
+        for name in (LESSON_04, LESSON_07):
+            if (NOTEBOOKS / name).is_file():
+                _cleared_copy(NOTEBOOKS / name, root / name)
+        _lab_settings(tmp / "lab-settings")
+        token, port = secrets.token_hex(16), _free_port()
+        servers["lab"] = Server("JupyterLab", [
+            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
+            "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            f"--LabApp.user_settings_dir={tmp / 'lab-settings'}", f"--LabApp.workspaces_dir={tmp / 'lab-workspaces'}",
+            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        ], port, ARTIFACTS / "jupyterlab.log", root, env, token)
+    if voila and APP.is_file():
+        app_copy = tmp / "app" / APP.name
+        app_copy.parent.mkdir()
+        _cleared_copy(APP, app_copy)
+        port = _free_port()
+        servers["voila"] = Server("Voilà", [
+            sys.executable, "-m", "voila", str(app_copy), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
+            "--show_tracebacks=True",
+        ], port, ARTIFACTS / "voila.log", app_copy.parent, env)
+
+
+# ------------------------------------------------------------------------------------------ pages
+class Run:
+    """One browser page and what started on it; ``error`` is what went wrong while starting it."""
+
+    def __init__(self, browser, name: str, server: Server):
+        self.name, self.server, self.error = name, server, None
+        self.context = browser.new_context(viewport=VIEWPORT)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(WIDGET_S * 1000)
+        self.console = []
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.page.on("pageerror", lambda error: self.console.append(f"pageerror: {error}"))
+
+    @contextlib.contextmanager
+    def artifacts_on_failure(self):
+        """On a failure, save artifacts/browser/<name>-failure.png and <name>-console.txt."""
+        try:
+            if self.error is not None:
+                raise self.error
+            yield self.page
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.page.screenshot(path=ARTIFACTS / f"{self.name}-failure.png", full_page=True)
+            (ARTIFACTS / f"{self.name}-console.txt").write_text("\n".join(self.console))
+            raise
+
+
+def _open_and_run_all(page, lab: Server, notebook: str, workspace: str) -> None:
+    """Open the notebook in a workspace of its own (nothing else restored), wait for its kernel, and
+    start Run > Run All Cells as a learner does (the kernel queues every cell at once)."""
+    page.goto(f"http://127.0.0.1:{lab.port}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={lab.token}")
+    page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell").first.wait_for(timeout=SERVER_START_S * 1000)
+    # the status bar says "Python 3 (ipykernel) | Idle" once the kernel is started and connected
+    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").wait_for(timeout=SERVER_START_S * 1000)
+    page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
+    page.locator(".lm-Menu").get_by_text("Run All Cells", exact=True).click()
+    page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]")).first.wait_for()
+
+
+# the run each test looks at
+RUN_OF_TEST = {"test_lesson_04_guidance_slider": "lesson04", "test_lesson_07_guidance_explorer": "lesson07",
+               "test_voila_guidance_explorer": "voila"}
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    """JupyterLab and Voilà started together; lessons 04 and 07 and the Voilà page set running
+    together, each in a page of its own (only those of the selected tests). The tests then wait
+    for their page."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    selected = {RUN_OF_TEST.get(item.originalname) for item in request.session.items}
+    servers, runs, playwright = {}, {}, None
+    try:
+        _start_servers(servers, tmp_path_factory.mktemp("browser"),
+                       lab=bool(selected & {"lesson04", "lesson07"}), voila="voila" in selected)
+        playwright = sync_api.sync_playwright().start()
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        for name, notebook in (("lesson04", LESSON_04), ("lesson07", LESSON_07)):
+            if name in selected and (NOTEBOOKS / notebook).is_file():
+                runs[name] = Run(browser, name, servers["lab"])
+                try:
+                    _open_and_run_all(runs[name].page, servers["lab"].wait_ready(), notebook, name)
+                except Exception as error:  # raised in its test, with the screenshot
+                    runs[name].error = error
+        if "voila" in servers:
+            runs["voila"] = Run(browser, "voila", servers["voila"])
+            try:  # Voilà runs the notebook when the page is asked for: ask now, look in the test
+                runs["voila"].page.goto(f"http://127.0.0.1:{servers['voila'].wait_ready().port}/",
+                                        wait_until="commit", timeout=SERVER_START_S * 1000)
+            except Exception as error:
+                runs["voila"].error = error
+        yield runs
+    finally:
+        for run in runs.values():
+            with contextlib.suppress(Exception):
+                run.context.close()
+        if playwright is not None:
+            playwright.stop()
+        for server in servers.values():
+            server.stop()
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _wait_for_run_all(page, notebook: str) -> None:
+    page.wait_for_function(RUN_FINISHED_JS, timeout=RUN_S * 1000, polling=500)
+    _assert_no_errors(page, notebook)
+    unrun = page.evaluate(UNRUN_CELLS_JS)
+    assert not unrun, f"Run All stopped before these cells of {notebook}: {unrun}"
+
+
+def _assert_no_errors(page, where: str) -> None:
+    errors = page.evaluate(FIND_ERRORS_JS)
+    assert not errors, f"{where} shows an error:\n" + "\n---\n".join(errors)
+    failed = page.locator(EXPLORER_ERROR)
+    if failed.count():
+        status = failed.first.locator(EXPLORER_STATUS).inner_text()
+        raise AssertionError(f"the guidance explorer in {where} reports a failure: {status}")
+
+
+def _picture(image) -> bytes:
+    """A screenshot of the picture once it is loaded: equal bytes, equal picture."""
+    image.scroll_into_view_if_needed()
+    image.page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    return image.screenshot()
+
+
+def _move_slider(page, slider) -> str:
+    """Move the slider one notch with the arrow keys on its handle, as a learner can (left, or right
+    from the leftmost notch); return the slider's new readout."""
+    handle = slider.locator(".noUi-handle")
+    readout = slider.locator(".widget-readout")
+    before = readout.inner_text()
+    at_minimum = float(handle.get_attribute("aria-valuenow")) == float(handle.get_attribute("aria-valuemin"))
+    handle.focus()
+    page.keyboard.press("ArrowRight" if at_minimum else "ArrowLeft")
+    page.wait_for_function("([el, before]) => el.innerText !== before", arg=[readout.element_handle(), before])
+    return readout.inner_text()
+
+
+def _check_slider_changes_picture(page, slider_selector: str, image_selector: str, around: str, name: str) -> None:
+    slider = page.locator(slider_selector)
+    image = page.locator(image_selector)
+    assert slider.count() == 1, f"expected one guidance slider ({slider_selector}), found {slider.count()}"
+    assert image.count() == 1, f"expected one guidance picture ({image_selector}), found {image.count()}"
+    readout_before = slider.locator(".widget-readout").inner_text()
+    source_before = image.get_attribute("src")
+    picture_before = _picture(image)
+    (ARTIFACTS / f"{name}-image-before.png").write_bytes(picture_before)
+
+    readout_after = _move_slider(page, slider)
+    page.wait_for_function("([img, before]) => img.getAttribute('src') !== before",
+                           arg=[image.element_handle(), source_before])
+    picture_after = _picture(image)
+    (ARTIFACTS / f"{name}-image-after.png").write_bytes(picture_after)
+    page.locator(around).first.screenshot(path=ARTIFACTS / f"{name}.png")
+    assert picture_after != picture_before, (
+        f"moving the guidance slider from {readout_before} to {readout_after} did not change the picture "
+        f"(see artifacts/browser/{name}-image-*.png)")
+
+
+def _run(runs, name: str, why_missing: str) -> Run:
+    if name not in runs:
+        pytest.skip(why_missing)
+    return runs[name]
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_lesson_04_guidance_slider(runs):
+    run = _run(runs, "lesson04", f"notebooks/{LESSON_04} does not exist")
+    with run.artifacts_on_failure() as page:
+        _wait_for_run_all(page, LESSON_04)
+        _check_slider_changes_picture(page, LESSON_04_SLIDER, LESSON_04_IMAGE,
+                                      f".jp-OutputArea-output:has({LESSON_04_IMAGE})", "lesson04")
+        _assert_no_errors(page, LESSON_04)
+
+
+def test_lesson_07_guidance_explorer(runs):
+    run = _run(runs, "lesson07", f"notebooks/{LESSON_07} does not exist yet")
+    with run.artifacts_on_failure() as page:
+        _wait_for_run_all(page, LESSON_07)
+        _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "lesson07")
+        _assert_no_errors(page, LESSON_07)
+
+
+def test_voila_guidance_explorer(runs):
+    run = _run(runs, "voila", f"{APP.relative_to(ROOT)} does not exist")
+    with run.artifacts_on_failure() as page:
+        try:
+            page.locator(EXPLORER_IMAGE).wait_for(timeout=RUN_S * 1000)
+        except sync_api.TimeoutError:
+            raise AssertionError(f"the explorer did not appear in Voilà; its log:\n{run.server.log_tail()}") from None
+        text = page.locator("body").inner_text()
+        assert "There was an error" not in text and "Traceback" not in text, f"Voilà shows an error:\n{text[:3000]}"
+        # Voilà shows the outputs and the Markdown only: no code cell, no line of the notebook's code
+        code = page.locator(".jp-CodeCell .jp-InputArea, .jp-CodeMirrorEditor, .cm-editor, .jp-InputPrompt")
+        assert code.count() == 0, f"Voilà shows {code.count()} code cell elements"
+        assert "guidance_explorer(" not in text and "import " not in text, "Voilà shows the notebook's code"
+        _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "voila")
+        _assert_no_errors(page, "the Voilà explorer")

@@ -1,0 +1,215 @@
+"""Tests of lesson 05's exercise checks: the KL of a diagonal Gaussian and the reparameterisation.
+
+As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
+"✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
+never raises or prints a traceback.
+"""
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from course_lib import exercises
+
+
+def run(check, fn, capsys):
+    """Run a check; return (its verdict, everything it printed)."""
+    verdict = check(fn)
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return verdict, captured.out
+
+
+# ============================================================================ correct solutions
+def kl_ok(mean, logvar):
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(dim=[1, 2, 3])
+
+
+def kl_torch_distributions(mean, logvar):  # the closed form that torch.distributions knows
+    q = Normal(mean, (0.5 * logvar).exp())
+    return kl_divergence(q, Normal(torch.zeros_like(mean), torch.ones_like(mean))).flatten(1).sum(1)
+
+
+def kl_flatten(mean, logvar):  # another way to sum over C, H, W
+    return (0.5 * (mean**2 + torch.exp(logvar) - 1.0 - logvar)).flatten(start_dim=1).sum(dim=1)
+
+
+def reparameterise_ok(mean, logvar, eps):
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def reparameterise_sqrt(mean, logvar, eps):  # sigma = sqrt(sigma^2)
+    return mean + logvar.exp().sqrt() * eps
+
+
+CORRECT = [
+    (exercises.check_kl_diagonal_gaussian, kl_ok),
+    (exercises.check_kl_diagonal_gaussian, kl_torch_distributions),
+    (exercises.check_kl_diagonal_gaussian, kl_flatten),
+    (exercises.check_reparameterise, reparameterise_ok),
+    (exercises.check_reparameterise, reparameterise_sqrt),
+]
+
+
+@pytest.mark.parametrize("check, fn", CORRECT, ids=lambda v: getattr(v, "__name__", ""))
+def test_correct_solution_passes(check, fn, capsys):
+    verdict, out = run(check, fn, capsys)
+    assert verdict is True, out
+    assert out.startswith("✅ Correct: ")
+    assert len(out.strip().splitlines()) == 1
+
+
+# ============================================================================ typical mistakes
+DIMS = [1, 2, 3]
+
+
+def _terms(m, lv):
+    return m**2 + lv.exp() - 1 - lv
+
+
+MISTAKES = [
+    # ---- KL(q(z|x) || N(0, I))
+    (exercises.check_kl_diagonal_gaussian, "forgot the 1/2", lambda m, lv: _terms(m, lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "took the mean over C, H, W",
+     lambda m, lv: 0.5 * _terms(m, lv).mean(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "one number for the whole batch", lambda m, lv: 0.5 * _terms(m, lv).sum()),
+    (exercises.check_kl_diagonal_gaussian, "one number for the whole batch",
+     lambda m, lv: 0.5 * _terms(m, lv).sum(DIMS).mean()),
+    (exercises.check_kl_diagonal_gaussian, "without keepdim=True",
+     lambda m, lv: 0.5 * _terms(m, lv).sum(DIMS, keepdim=True)),
+    (exercises.check_kl_diagonal_gaussian, "used σ where σ² belongs",
+     lambda m, lv: 0.5 * (m**2 + (0.5 * lv).exp() - 1 - lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "you used log σ = logvar / 2",
+     lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 - 0.5 * lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "logvar is log σ² (the log-variance), not log σ",
+     lambda m, lv: 0.5 * (m**2 + (2 * lv).exp() - 1 - 2 * lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "never negative", lambda m, lv: -0.5 * _terms(m, lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "sign of the log term",
+     lambda m, lv: 0.5 * (m**2 + lv.exp() - 1 + lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "forgot the - 1", lambda m, lv: 0.5 * (m**2 + lv.exp() - lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "forgot μ²", lambda m, lv: 0.5 * (lv.exp() - 1 - lv).sum(DIMS)),
+    (exercises.check_kl_diagonal_gaussian, "the other way round",
+     lambda m, lv: 0.5 * ((1 + m**2) / lv.exp() - 1 + lv).sum(DIMS)),
+    # ---- z = mu + sigma * eps
+    (exercises.check_reparameterise, "logvar is log σ², not σ", lambda m, lv, e: m + lv * e),
+    (exercises.check_reparameterise, "exp(logvar) is the variance σ²", lambda m, lv, e: m + lv.exp() * e),
+    (exercises.check_reparameterise, "check the sign", lambda m, lv, e: m - (0.5 * lv).exp() * e),
+    (exercises.check_reparameterise, "you returned μ, the mode", lambda m, lv, e: m.clone()),
+    (exercises.check_reparameterise, "forgot the mean", lambda m, lv, e: (0.5 * lv).exp() * e),
+    (exercises.check_reparameterise, "μ and σ are swapped", lambda m, lv, e: (0.5 * lv).exp() + m * e),
+    (exercises.check_reparameterise, "without scaling it by σ", lambda m, lv, e: m + e),
+]
+
+
+@pytest.mark.parametrize("check, hint, fn", MISTAKES, ids=[f"{c.__name__}:{h}" for c, h, _ in MISTAKES])
+def test_typical_mistake_is_named(check, hint, fn, capsys):
+    verdict, out = run(check, fn, capsys)
+    assert verdict is False
+    assert out.startswith("❌ Not yet: "), out
+    assert hint in out, out
+    assert 2 <= len(out.strip().splitlines()) <= 4, out
+    assert "expected" in out
+
+
+def test_kl_wrong_value_shows_expected_and_received(capsys):
+    _, out = run(exercises.check_kl_diagonal_gaussian, lambda m, lv: kl_ok(m, lv) + 1.0, capsys)
+    assert "At index (0,): expected" in out and ", got " in out
+    assert "Hint: σ² = exp(logvar)" in out  # no typical mistake matched: the formula
+
+
+def test_kl_shape_mistake_names_shapes(capsys):
+    _, out = run(exercises.check_kl_diagonal_gaussian, lambda m, lv: 0.5 * _terms(m, lv).sum(), capsys)
+    assert "has shape () for mean and logvar of shape (2, 4, 8, 8), expected (2,)" in out
+
+
+def test_log_of_logvar_gives_nan_hint(capsys):
+    """Treating logvar as the variance takes the log of negative numbers: NaN, explained."""
+    verdict, out = run(exercises.check_kl_diagonal_gaussian,
+                       lambda m, lv: 0.5 * (m**2 + lv - 1 - lv.log()).sum(DIMS), capsys)
+    assert verdict is False
+    assert "NaN or inf" in out and "logvar may be negative" in out
+
+
+def test_fresh_noise_is_rejected(capsys):
+    """Drawing new noise instead of using eps gives another sample: rejected, told to use eps."""
+    verdict, out = run(exercises.check_reparameterise,
+                       lambda m, lv, e: m + (0.5 * lv).exp() * torch.randn_like(e), capsys)
+    assert verdict is False
+    assert "with the eps you are given" in out
+
+
+def test_reparameterise_expected_is_the_library_sample():
+    """The check's ε is the noise DiagonalGaussianDistribution.sample draws from the same seed."""
+    from course_lib.nn.vae import DiagonalGaussianDistribution
+
+    mean, logvar = exercises._posterior_inputs((2, 4, 8, 8), 0)
+    posterior = DiagonalGaussianDistribution(torch.cat([mean, logvar], 1))
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(posterior.sample(torch.Generator().manual_seed(5)), reparameterise_ok(mean, logvar, eps))
+
+
+# ============================================================================ unfinished and broken functions
+CHECKS = [(exercises.check_kl_diagonal_gaussian, 2), (exercises.check_reparameterise, 3)]
+
+
+def _stub(num_args, body):
+    names = ", ".join(f"a{i}" for i in range(num_args))
+    scope = {"body": body}
+    exec(f"def learner({names}):\n    return body()", scope)
+    return scope["learner"]
+
+
+def _not_implemented():
+    raise NotImplementedError()
+
+
+def _value_error():
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_not_implemented_says_not_done(check, num_args, capsys):
+    verdict, out = run(check, _stub(num_args, _not_implemented), capsys)
+    assert verdict is False
+    assert out.strip() == exercises.NOT_DONE
+
+
+@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_exception_is_reported_without_traceback(check, num_args, capsys):
+    verdict, out = run(check, _stub(num_args, _value_error), capsys)
+    assert verdict is False
+    assert out.startswith("❌ Your function raised ValueError: boom\n   Hint: ")
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_returning_none_asks_for_return(check, num_args, capsys):
+    verdict, out = run(check, _stub(num_args, lambda: None), capsys)
+    assert verdict is False and "returned None" in out
+
+
+@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_not_a_function_is_explained(check, num_args, capsys):
+    verdict, out = run(check, torch.zeros(3), capsys)
+    assert verdict is False and "needs your function itself" in out
+
+
+def test_wrong_arguments_are_explained(capsys):
+    verdict, out = run(exercises.check_reparameterise, lambda mean, logvar: mean, capsys)
+    assert verdict is False and "TypeError" in out and "(mean, logvar, eps)" in out
+
+
+def test_checks_do_not_change_inputs(capsys):
+    """In-place operations on the inputs do not break the next case (inputs are cloned)."""
+    def in_place(mean, logvar, eps):
+        return mean.add_(logvar.mul_(0.5).exp_().mul_(eps))
+
+    assert run(exercises.check_reparameterise, in_place, capsys)[0] is True
+    assert run(exercises.check_reparameterise, reparameterise_ok, capsys)[0] is True
+
+
+def test_output_is_deterministic(capsys):
+    """nbval compares outputs: the same function gives the same text every time."""
+    wrong = lambda m, lv: 0.5 * _terms(m, lv).mean(DIMS)  # noqa: E731
+    assert run(exercises.check_kl_diagonal_gaussian, wrong, capsys)[1] == \
+        run(exercises.check_kl_diagonal_gaussian, wrong, capsys)[1]
