@@ -1,4 +1,4 @@
-"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-04).
+"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-08).
 
 In each exercise the learner writes a function between nbgrader's ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` markers, and the next cell checks it:
@@ -33,6 +33,21 @@ check                            the learner's function                         
 ``check_cfg``                    fn(eps_uncond, eps_cond, guidance_scale)       04
 ``check_batch_of_two``           fn(model, x, t, labels, null_label)            04
                                  -> (eps_uncond, eps_cond), one forward pass
+``check_kl_diagonal_gaussian``   fn(mean, logvar) -> KL(q(z|x) || N(0, I))      05
+                                 per image, shape (B,)
+``check_reparameterise``         fn(mean, logvar, eps) -> z = mu + sigma·eps    05
+``check_cross_attention``        fn(q, k, v) -> softmax(Q K^T / sqrt(d)) V      06
+                                 per head, q (B, h, N, d), k and v (B, h, L, d)
+``check_clip_contrastive_loss``  fn(image_embeds, text_embeds, logit_scale)     06
+                                 -> CLIP's symmetric loss, a scalar
+``check_guided_noise``           fn(unet, latents, t, prompt_embeds,            07
+                                 negative_prompt_embeds, guidance_scale) -> eps,
+                                 one UNet pass over the batch of two
+``check_decode_latents``         fn(vae, latents) -> images in [0, 1]           07
+``check_euler_step``             fn(x, eps, sigma, sigma_next) -> x_next,       08
+                                 one Euler step of the ODE in sigma
+``check_img2img_timesteps``      fn(timesteps, strength) -> the timesteps       08
+                                 img2img runs, timesteps[n - int(n strength):]
 ===============================  =============================================  ======
 """
 
@@ -46,6 +61,7 @@ from torch import nn
 
 from .diffusion import pred_x0_from_eps, q_sample, score_from_eps
 from .guidance import cfg, classifier_guided_eps, classifier_log_prob_grad
+from .nn.vae import DiagonalGaussianDistribution
 from .samplers import DDIMSampler
 from .schedules import make_schedule
 
@@ -58,6 +74,14 @@ __all__ = [
     "check_bayes_score",
     "check_cfg",
     "check_batch_of_two",
+    "check_kl_diagonal_gaussian",
+    "check_reparameterise",
+    "check_cross_attention",
+    "check_clip_contrastive_loss",
+    "check_guided_noise",
+    "check_decode_latents",
+    "check_euler_step",
+    "check_img2img_timesteps",
 ]
 
 NOT_DONE = "⏳ Not done yet: replace `raise NotImplementedError()` with your code, run that cell, then this one."
@@ -797,3 +821,658 @@ def check_batch_of_two(fn: Callable) -> bool:
     print("✅ Correct: one forward pass over torch.cat([x, x]) gives the same eps_uncond and eps_cond as two "
           "separate passes (3 batches, one t per image).")
     return True
+
+
+# ============================================================================ lesson 05
+# (shape of mu and log sigma^2, seed): a batch of 2 first, so that a per-batch number differs from a per-image one
+_POSTERIOR_CASES = [((2, 4, 8, 8), 0), ((3, 4, 8, 8), 1), ((1, 2, 4, 6), 2)]
+
+
+def _posterior_inputs(shape: tuple, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu ~ 1.5 N(0, 1) and log sigma^2 in [-4, 1): an encoder's output, away from the [-30, 20] clamp."""
+    mean = 1.5 * _seeded(160 + seed, *shape)
+    logvar = -4.0 + 5.0 * torch.rand(shape, generator=torch.Generator().manual_seed(170 + seed))
+    return mean, logvar
+
+
+def _shape_text(shape: tuple) -> str:
+    return f"for mean and logvar of shape {shape}"
+
+
+def check_kl_diagonal_gaussian(fn: Callable) -> bool:
+    """Check ``fn(mean, logvar) -> KL(N(mu, sigma^2) || N(0, I))`` per image (lesson 05).
+
+    KL = 1/2 Σ_{c,h,w} (μ² + σ² - 1 - log σ²), summed over the latent's C, H, W, one number per
+    image: what ``DiagonalGaussianDistribution.kl()`` returns and the VAE's loss weights by 1e-6.
+
+    :param fn: the learner's function; ``mean`` μ and ``logvar`` log σ² are (B, C, H, W)
+    :return: True if fn agrees with :meth:`course_lib.nn.vae.DiagonalGaussianDistribution.kl` on every case
+    """
+    cases = []
+    for shape, seed in _POSTERIOR_CASES:
+        mean, logvar = _posterior_inputs(shape, seed)
+        expected = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)).kl()  # (B,)
+
+        def mistakes(m=mean, lv=logvar):
+            var = lv.exp()
+            dims = [1, 2, 3]
+            terms = m.pow(2) + var - 1 - lv  # (B, C, H, W), twice the KL of each coordinate
+            one_number = ("you returned one number for the whole batch; the KL is one number per image: "
+                          "sum over dims [1, 2, 3] only, giving shape (B,).")
+            return [
+                ("you forgot the 1/2: KL = 1/2 Σ (μ² + σ² - 1 - log σ²).", lambda: terms.sum(dims)),
+                ("you took the mean over C, H, W; the KL of independent coordinates adds up: "
+                 ".sum(dim=[1, 2, 3]), not .mean(...).", lambda: 0.5 * terms.mean(dims)),
+                (one_number, lambda: 0.5 * terms.sum()),
+                (one_number, lambda: 0.5 * terms.sum(dims).mean()),
+                ("keep one number per image, shape (B,): sum over dims [1, 2, 3] without keepdim=True.",
+                 lambda: 0.5 * terms.sum(dims, keepdim=True)),
+                ("you used σ where σ² belongs: the second term is the variance σ² = exp(logvar), "
+                 "not σ = exp(logvar / 2).", lambda: 0.5 * (m.pow(2) + (0.5 * lv).exp() - 1 - lv).sum(dims)),
+                ("the last term is log σ² = logvar itself; you used log σ = logvar / 2.",
+                 lambda: 0.5 * (m.pow(2) + var - 1 - 0.5 * lv).sum(dims)),
+                ("logvar is log σ² (the log-variance), not log σ: σ² = exp(logvar) and log σ² = logvar.",
+                 lambda: 0.5 * (m.pow(2) + (2 * lv).exp() - 1 - 2 * lv).sum(dims)),
+                ("check the sign: a KL divergence is never negative, KL = +1/2 Σ (μ² + σ² - 1 - log σ²).",
+                 lambda: -0.5 * terms.sum(dims)),
+                ("check the sign of the log term: it is - log σ² (the entropy of q lowers the KL).",
+                 lambda: 0.5 * (m.pow(2) + var - 1 + lv).sum(dims)),
+                ("you forgot the - 1 in each coordinate: KL = 1/2 Σ (μ² + σ² - 1 - log σ²), which is 0 "
+                 "when μ = 0 and σ = 1.", lambda: 0.5 * (m.pow(2) + var - lv).sum(dims)),
+                ("you forgot μ²: a posterior whose mean is far from 0 costs 1/2 μ² per coordinate.",
+                 lambda: 0.5 * (var - 1 - lv).sum(dims)),
+                ("that is the KL the other way round, KL(N(0, I) || q); the VAE's term is KL(q || N(0, I)) "
+                 "= 1/2 Σ (μ² + σ² - 1 - log σ²).",
+                 lambda: 0.5 * ((1 + m.pow(2)) / var - 1 + lv).sum(dims)),
+            ]
+
+        cases.append(_Case(args=(mean, logvar), expected=expected, where=_shape_text(shape), mistakes=mistakes()))
+
+    return _grade(
+        fn, cases, check_name="check_kl_diagonal_gaussian", result_name="the KL",
+        success="KL = 1/2 Σ_{c,h,w} (μ² + σ² - 1 - log σ²), one number per image, matches "
+                "DiagonalGaussianDistribution.kl() on 3 batches.",
+        generic_hint="σ² = exp(logvar) (logvar may be negative: never take its log or square root), and "
+                     "KL = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=[1, 2, 3]).",
+        shape_hint="the KL is one number per image, shape (B,): sum over dims [1, 2, 3].",
+        exception_hint=_hint_for_exception("(mean, logvar)", "0.5 * (mean**2 + logvar.exp() - 1 - logvar)",
+                                           broadcast=False),
+    )
+
+
+def check_reparameterise(fn: Callable) -> bool:
+    """Check ``fn(mean, logvar, eps) -> z = μ + σ·ε`` with σ = exp(logvar / 2) (lesson 05).
+
+    The reparameterisation trick: a sample of q(z | x) = N(μ, σ²) written as a function of μ, σ
+    and noise ε ~ N(0, I) drawn apart from them, so gradients reach μ and σ. The check draws ε
+    as ``DiagonalGaussianDistribution.sample(generator)`` does and compares with its sample.
+
+    :param fn: the learner's function; ``mean``, ``logvar`` and ``eps`` are (B, C, H, W)
+    :return: True if fn agrees with :meth:`course_lib.nn.vae.DiagonalGaussianDistribution.sample`
+    """
+    cases = []
+    for shape, seed in _POSTERIOR_CASES:
+        mean, logvar = _posterior_inputs(shape, seed)
+        posterior = DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))
+        # the noise that sample(generator) draws from the same seed (randn_tensor on the CPU)
+        eps = torch.randn(shape, generator=torch.Generator().manual_seed(180 + seed))
+        expected = posterior.sample(torch.Generator().manual_seed(180 + seed))
+
+        def mistakes(m=mean, lv=logvar, e=eps):
+            std = (0.5 * lv).exp()
+            return [
+                ("logvar is log σ², not σ: the noise is scaled by σ = exp(logvar / 2), "
+                 "z = mean + exp(0.5 * logvar) * eps.", lambda: m + lv * e),
+                ("exp(logvar) is the variance σ²; the noise is scaled by the standard deviation "
+                 "σ = exp(logvar / 2).", lambda: m + lv.exp() * e),
+                ("check the sign: z = μ + σ·ε. (μ - σ·ε has the same distribution, but the course and "
+                 "diffusers add, so a seed gives the same z everywhere.)", lambda: m - std * e),
+                ("you returned μ, the mode of q(z | x) (what posterior.mode() gives); a sample adds the "
+                 "noise σ·ε.", lambda: m),
+                ("you forgot the mean: z = μ + σ·ε.", lambda: std * e),
+                ("μ and σ are swapped: the noise is scaled by σ and shifted by μ, z = μ + σ·ε.",
+                 lambda: std + m * e),
+                ("you added the noise without scaling it by σ: z = μ + σ·ε.", lambda: m + e),
+            ]
+
+        cases.append(_Case(args=(mean, logvar, eps), expected=expected, where=_shape_text(shape),
+                           mistakes=mistakes()))
+
+    def exception_hint(error):
+        return _hint_for_exception("(mean, logvar, eps)", "mean + exp(0.5 * logvar) * eps", broadcast=False)(error)
+
+    return _grade(
+        fn, cases, check_name="check_reparameterise", result_name="z",
+        success="z = μ + exp(logvar / 2)·ε matches DiagonalGaussianDistribution.sample on 3 batches "
+                "(with the same noise ε).",
+        generic_hint="σ = exp(0.5 * logvar) (logvar may be negative: no square root of it), then "
+                     "z = mean + σ * eps with the eps you are given (do not draw new noise).",
+        shape_hint="z has the shape of mean: every coordinate gets its own μ, σ and ε.",
+        exception_hint=exception_hint,
+    )
+
+
+# ============================================================================ lesson 06
+# (batch, heads, N image positions, L prompt tokens, d channels per head). The first case has
+# L == d, so Q K (K not transposed) runs and gives a wrong value the check can name; all have
+# N != L, so a softmax over the wrong axis is told apart, and the second has L != d (sqrt(L)).
+_ATTENTION_CASES = [(2, 4, 16, 8, 8), (1, 1, 6, 5, 4), (3, 2, 64, 16, 8)]
+_ATTENTION_FORMULA = "softmax(Q Kᵀ / √d) V: (q @ k.transpose(-2, -1) / d ** 0.5).softmax(dim=-1) @ v"
+
+
+def _attention_exception_hint(error: BaseException) -> str:
+    message = str(error)
+    if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+        return "your function must take exactly these arguments, in this order: (q, k, v)."
+    if any(words in message for words in ("size of tensor", "must match", "mat1", "Expected size", "shapes cannot")):
+        return ("transpose only the last two axes of K: k.transpose(-2, -1) has shape (B, h, d, L), so "
+                "q @ k.transpose(-2, -1) is (B, h, N, L): one score per image position and prompt token.")
+    return f"compute {_ATTENTION_FORMULA}."
+
+
+def check_cross_attention(fn: Callable) -> bool:
+    """Check ``fn(q, k, v) -> softmax(Q Kᵀ / √d) V`` per head (lesson 06).
+
+    Cross-attention: the queries come from the image positions, the keys and values from the
+    prompt's tokens. The inputs are already split into heads, as inside the UNet's ``attn2``.
+
+    :param fn: the learner's function; ``q`` is (B, h, N, d), ``k`` and ``v`` are (B, h, L, d)
+    :return: True if fn agrees with ``torch.nn.functional.scaled_dot_product_attention`` on every case
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    cases = []
+    for seed, (B, h, N, L, d) in enumerate(_ATTENTION_CASES):
+        q = 1.5 * _seeded(190 + seed, B, h, N, d)  # scores of a few units: the scaling matters
+        k = 1.5 * _seeded(200 + seed, B, h, L, d)
+        v = _seeded(210 + seed, B, h, L, d)
+
+        def mistakes(q=q, k=k, v=v, L=L, d=d):
+            scores = q @ k.transpose(-2, -1)  # (B, h, N, L)
+            return [
+                ("you forgot the scaling: divide the scores by √d before the softmax, "
+                 "(q @ k.transpose(-2, -1)) / d ** 0.5.", lambda: scores.softmax(-1) @ v),
+                ("you divided by d; the scores are divided by √d (the square root of the channels per head).",
+                 lambda: (scores / d).softmax(-1) @ v),
+                ("you multiplied by √d; the scores are divided by it.",
+                 lambda: (scores * math.sqrt(d)).softmax(-1) @ v),
+                ("you divided by √L (L prompt tokens); the scale is √d, d = q.shape[-1], the channels per head.",
+                 lambda: (scores / math.sqrt(L)).softmax(-1) @ v),
+                ("the softmax runs over the wrong axis: each image position (a row of the scores) shares its "
+                 "attention among the L prompt tokens, so softmax(dim=-1), over the keys.",
+                 lambda: (scores / math.sqrt(d)).softmax(-2) @ v),
+                ("K is not transposed: the scores are Q Kᵀ, q @ k.transpose(-2, -1), (B, h, N, L).",
+                 lambda: (q @ k / math.sqrt(d)).softmax(-1) @ v),
+                ("you returned the attention weights softmax(Q Kᵀ / √d), (B, h, N, L); multiply them by V.",
+                 lambda: (scores / math.sqrt(d)).softmax(-1)),
+                ("K and V are swapped: the scores compare Q with K, and the weights average V.",
+                 lambda: (q @ v.transpose(-2, -1) / math.sqrt(d)).softmax(-1) @ k),
+                ("the weights multiply V after the softmax; a softmax of the product mixes things up.",
+                 lambda: (scores / math.sqrt(d) @ v).softmax(-1)),
+            ]
+
+        cases.append(_Case(
+            args=(q, k, v),
+            expected=F.scaled_dot_product_attention(q, k, v),
+            where=f"for q of shape {(B, h, N, d)} and k, v of shape {(B, h, L, d)}",
+            mistakes=mistakes(),
+        ))
+    return _grade(
+        fn, cases, check_name="check_cross_attention", result_name="the attention output",
+        success="softmax(Q Kᵀ / √d) V matches torch's F.scaled_dot_product_attention for 3 batches "
+                "(4, 1 and 2 heads; 8, 5 and 16 prompt tokens).",
+        generic_hint=_ATTENTION_FORMULA + ".",
+        shape_hint="the output has one d-vector per head and image position: (B, h, N, d), the shape of q.",
+        exception_hint=_attention_exception_hint,
+    )
+
+
+# (B pairs, P channels, logit_scale = log(1 / tau)); CLIP starts at log(1 / 0.07) = 2.6592
+_CONTRASTIVE_CASES = [(4, 8, 2.6592), (8, 16, 4.0), (5, 8, 1.0)]
+_CONTRASTIVE_FORMULA = ("logits = logit_scale.exp() * image_embeds @ text_embeds.T; then the mean of "
+                        "F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets), "
+                        "targets = torch.arange(B)")
+
+
+def check_clip_contrastive_loss(fn: Callable) -> bool:
+    """Check ``fn(image_embeds, text_embeds, logit_scale) -> CLIP's symmetric contrastive loss`` (lesson 06).
+
+    With s_ij = exp(logit_scale) v_i · t_j, the loss is the mean of the cross-entropy along the
+    rows (each image picks its caption) and along the columns (each caption picks its image),
+    the diagonal being the right answers.
+
+    :param fn: the learner's function; the embeddings are unit vectors (B, P), row i of each a
+        matching pair; ``logit_scale`` is a scalar tensor, log(1 / τ), as ``CLIPModel.logit_scale``
+    :return: True if fn agrees with :func:`course_lib.nn.text.contrastive_loss` on every case
+    """
+    import math
+
+    import torch.nn.functional as F
+
+    from .nn.text import contrastive_loss
+
+    cases = []
+    for seed, (B, P, scale) in enumerate(_CONTRASTIVE_CASES):
+        image_embeds = F.normalize(_seeded(220 + seed, B, P), dim=-1)
+        # captions that partly match their image, as a half-trained CLIP's do
+        text_embeds = F.normalize(image_embeds + 0.8 * _seeded(230 + seed, B, P), dim=-1)
+        logit_scale = torch.tensor(scale)
+
+        def mistakes(v=image_embeds, t=text_embeds, s=scale, B=B):
+            target = torch.arange(B)
+            cosines = v @ t.T  # (B, B)
+            logits = math.exp(s) * cosines
+            rows, columns = F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
+            return [
+                ("only one direction: that is each image choosing its caption (the rows). Add the other, each "
+                 "caption choosing its image (the columns, logits.T), and average the two.", lambda: rows),
+                ("only one direction: that is each caption choosing its image (the columns). Add the other, "
+                 "each image choosing its caption (the rows), and average the two.", lambda: columns),
+                ("you added the two directions; CLIP averages them: (loss_rows + loss_columns) / 2.",
+                 lambda: rows + columns),
+                ("the temperature is missing: multiply the cosines by exp(logit_scale) = 1 / τ before the "
+                 "cross-entropy.", lambda: (F.cross_entropy(cosines, target) + F.cross_entropy(cosines.T, target)) / 2),
+                ("logit_scale is log(1 / τ): multiply by logit_scale.exp(), not by logit_scale itself.",
+                 lambda: (F.cross_entropy(s * cosines, target) + F.cross_entropy(s * cosines.T, target)) / 2),
+                ("you divided by exp(logit_scale); exp(logit_scale) = 1 / τ multiplies the cosines.",
+                 lambda: (F.cross_entropy(cosines / math.exp(s), target)
+                          + F.cross_entropy(cosines.T / math.exp(s), target)) / 2),
+                ("you summed over the batch; the loss is a mean over the B pairs (cross_entropy's default).",
+                 lambda: (F.cross_entropy(logits, target, reduction="sum")
+                          + F.cross_entropy(logits.T, target, reduction="sum")) / 2),
+            ]
+
+        cases.append(_Case(
+            args=(image_embeds, text_embeds, logit_scale),
+            expected=contrastive_loss(image_embeds, text_embeds, logit_scale),
+            where=f"for {B} pairs of {P}-dim embeddings, logit_scale = {scale}",
+            mistakes=mistakes(),
+        ))
+
+    def exception_hint(error: BaseException) -> str:
+        message = str(error)
+        if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+            return ("your function must take exactly these arguments, in this order: "
+                    "(image_embeds, text_embeds, logit_scale).")
+        if "must be real number" in message or "not Tensor" in message:
+            return "logit_scale is a tensor: use logit_scale.exp() (torch), not math.exp(logit_scale)."
+        return f"compute {_CONTRASTIVE_FORMULA}."
+
+    return _grade(
+        fn, cases, check_name="check_clip_contrastive_loss", result_name="the loss",
+        success="the symmetric loss, (CE over rows + CE over columns) / 2 with logits exp(logit_scale)·v·tᵀ, "
+                "matches course_lib.nn.text.contrastive_loss for 3 batches.",
+        generic_hint=_CONTRASTIVE_FORMULA + ".",
+        shape_hint="the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch.",
+        exception_hint=exception_hint,
+    )
+
+
+# ============================================================================ lesson 07
+class _ToyTextDenoiser(nn.Module):
+    """A text-conditioned stand-in with the course UNet's signature and argument checks.
+
+    model(sample, timestep, encoder_hidden_states) -> eps of sample's shape; images do not
+    interact, so one pass over a batch equals passes over its parts.
+    """
+
+    def __init__(self, channels: int, text_width: int):
+        super().__init__()
+        self.register_buffer("text_projection", 0.5 * _seeded(240, text_width, channels))
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, class_labels=None):
+        if encoder_hidden_states is None:
+            raise ValueError("This UNet cross-attends to the prompt: pass encoder_hidden_states=... (B, L, D).")
+        B = sample.shape[0]
+        if encoder_hidden_states.shape[0] != B:
+            raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} items but sample has {B}.")
+        timestep = torch.as_tensor(timestep).reshape(-1)
+        if timestep.numel() not in (1, B):
+            raise ValueError(f"timestep has {timestep.numel()} entries but sample has {B} images.")
+        t = timestep.expand(B).to(sample.dtype).reshape(-1, 1, 1, 1)
+        # each image reads its own text states: (B, L, D) -> (B, D) -> (B, C, 1, 1)
+        text = (encoder_hidden_states.mean(dim=1) @ self.text_projection)[:, :, None, None]
+        return torch.tanh(sample + 0.5 * sample.roll(1, dims=-1) + text) * torch.cos(t / 300) + 0.1 * text
+
+
+# ((B, C_z, h, w), L tokens, D text width, t, guidance_scale)
+_GUIDED_NOISE_CASES = [((1, 4, 8, 8), 6, 8, 801, 7.5), ((3, 4, 8, 8), 6, 8, 401, 3.0),
+                       ((2, 4, 4, 6), 5, 12, 21, 1.0)]
+_GUIDED_NOISE_RECIPE = ("latent_model_input = torch.cat([latents] * 2); states = torch.cat([negative_prompt_embeds, "
+                        "prompt_embeds]); noise_pred = unet(latent_model_input, t, encoder_hidden_states=states); "
+                        "noise_pred_uncond, noise_pred_text = noise_pred.chunk(2); return noise_pred_uncond + "
+                        "guidance_scale * (noise_pred_text - noise_pred_uncond).")
+
+
+def _guided_noise_exception_hint(error: BaseException) -> str:
+    message = str(error)
+    if "encoder_hidden_states has" in message:
+        found = [int(word) for word in message.replace(".", " ").split() if word.isdigit()]
+        if len(found) == 2 and found[0] < found[1]:
+            return ("the text states must be a batch of two as well: torch.cat([negative_prompt_embeds, "
+                    "prompt_embeds]), one per copy of the latents.")
+        return "the latents must be a batch of two as well: torch.cat([latents] * 2), one copy per text state."
+    if "timestep has" in message:
+        return ("t is one timestep for every image of the batch of two: pass it as it is, unet(latent_model_input, "
+                "t, encoder_hidden_states=states).")
+    if "pass encoder_hidden_states" in message:
+        return "give the UNet the text states by name: unet(latent_model_input, t, encoder_hidden_states=states)."
+    if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+        return ("your function must take exactly these arguments, in this order: "
+                "(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale).")
+    return _GUIDED_NOISE_RECIPE
+
+
+def check_guided_noise(fn: Callable) -> bool:
+    """Check ``fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale) -> eps`` (lesson 07).
+
+    The heart of ``StableDiffusionPipeline.__call__``: one UNet pass over the batch of two,
+    latents ``[z_t, z_t]`` with text states ``[c_neg, c]`` (the negative prompt first), the output
+    split with ``chunk(2)`` and combined with classifier-free guidance. The check counts the
+    UNet's calls and compares with two separate passes.
+
+    :param fn: the learner's function; ``unet(sample, timestep, encoder_hidden_states=...)`` has
+        the course UNet's signature, ``latents`` is (B, C_z, h, w), ``t`` an int, both text states
+        (B, L, D), ``guidance_scale`` a number (1 = no guidance)
+    :return: True if the values are right and the UNet was called once per case
+    """
+    if not _is_function(fn, "check_guided_noise"):
+        return False
+    for seed, (shape, L, D, t, s) in enumerate(_GUIDED_NOISE_CASES):
+        base = _ToyTextDenoiser(shape[1], D)
+        latents = _seeded(250 + seed, *shape)
+        prompt_embeds, negative_prompt_embeds = _seeded(260 + seed, shape[0], L, D), _seeded(270 + seed, shape[0], L, D)
+        with torch.no_grad():
+            u = base(latents, t, encoder_hidden_states=negative_prompt_embeds)  # eps(z_t, c_neg)
+            c = base(latents, t, encoder_hidden_states=prompt_embeds)  # eps(z_t, c)
+        where = f"for latents of shape {shape}, text states of shape {(shape[0], L, D)}, t = {t}, guidance_scale = {s}"
+        case = _Case(
+            args=(latents, t, prompt_embeds, negative_prompt_embeds, s), expected=cfg(u, c, s), where=where,
+            mistakes=[
+                ("the halves are swapped: chunk(2) returns them in the order of torch.cat, and the pipeline puts "
+                 "the negative prompt first, so noise_pred_uncond, noise_pred_text = noise_pred.chunk(2).",
+                 lambda: c + s * (u - c)),
+                ("you used guidance_scale as Ho & Salimans' w; in diffusers' convention the formula is "
+                 "noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                 lambda: c + s * (c - u)),
+                ("off by one in the scale: guidance_scale = 1 must give noise_pred_text (no guidance).",
+                 lambda: u + (s - 1) * (c - u)),
+                ("check the sign: guidance moves away from the negative prompt, toward the prompt.",
+                 lambda: u - s * (c - u)),
+                ("the scale multiplies the difference (noise_pred_text - noise_pred_uncond), not "
+                 "noise_pred_uncond: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                 lambda: s * u + (c - u)),
+                ("the parentheses are missing: guidance_scale * noise_pred_text - noise_pred_uncond + "
+                 "noise_pred_uncond is only guidance_scale * noise_pred_text; scale the difference.",
+                 lambda: s * c),
+                ("you returned the guidance term alone; add it to noise_pred_uncond.", lambda: s * (c - u)),
+                ("you returned the prediction for the prompt alone: did both halves see prompt_embeds? The "
+                 "first half must see negative_prompt_embeds, and the two halves are combined with the scale.",
+                 lambda: c),
+                ("you returned the prediction for the negative prompt alone: the second half must see "
+                 "prompt_embeds, and the two halves are combined with the scale.", lambda: u),
+            ],
+        )
+        model = _CountingModel(base)
+        ok, got = _call(fn, (model, *case.args), _guided_noise_exception_hint)
+        if not ok:
+            return False
+        if isinstance(got, (tuple, list)):
+            print(f"❌ Not yet: your function returned a {type(got).__name__} of {len(got)} items {where}, "
+                  f"expected one tensor of shape {shape}.")
+            print("   Hint: return the guided noise, noise_pred_uncond + guidance_scale * (noise_pred_text - "
+                  "noise_pred_uncond), not the two halves.")
+            return False
+        shape_hint = (f"the guided noise has the shape of the latents, {shape}: split the UNet's output of the "
+                      f"batch of two with .chunk(2) and combine the halves.")
+        lines = _wrong_value(got, case, "the guided noise", _GUIDED_NOISE_RECIPE, shape_hint)
+        if lines:
+            print("\n".join(lines))
+            return False
+        calls = len(model.batch_sizes)
+        if calls != 1:
+            print(f"❌ Not yet: the values are right, but your function called the UNet {calls} times {where}.")
+            print(f"   Hint: the batch of two needs ONE UNet pass: {_GUIDED_NOISE_RECIPE}")
+            return False
+    print("✅ Correct: one UNet pass over [latents, latents] with [negative_prompt_embeds, prompt_embeds], split "
+          "with chunk(2) and combined as uncond + s·(text - uncond), equals the two separate passes "
+          "(3 batches, scales 7.5, 3 and 1).")
+    return True
+
+
+class _ToyVAE(nn.Module):
+    """A stand-in for the VAE: ``config.scaling_factor``, ``config.latent_channels`` and ``decode(z)``.
+
+    decode: (B, 4, h, w) -> (B, 3, 2h, 2w), a little beyond [-1, 1] as a real decoder's output can be.
+    """
+
+    def __init__(self, scaling_factor: float, seed: int):
+        from types import SimpleNamespace
+
+        super().__init__()
+        self.config = SimpleNamespace(scaling_factor=scaling_factor, latent_channels=4)
+        self.register_buffer("mixing", 0.6 * _seeded(280 + seed, 3, 4))
+        self.register_buffer("bias", 0.3 * _seeded(290 + seed, 3))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.config.latent_channels:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"decode takes latents (B, {self.config.latent_channels}, h, w), got {got}.")
+        x = torch.einsum("oc,bchw->bohw", self.mixing, z) + self.bias[:, None, None]  # (B, 3, h, w)
+        x = 1.25 * torch.tanh(x)
+        return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (B, 3, 2h, 2w)
+
+
+# ((B, 4, h, w) latents, the VAE's scaling factor)
+_DECODE_CASES = [((1, 4, 4, 4), 0.18215), ((3, 4, 8, 8), 0.871), ((2, 4, 6, 4), 0.5)]
+_DECODE_RECIPE = ("images = vae.decode(latents / vae.config.scaling_factor); "
+                  "return (images / 2 + 0.5).clamp(0, 1)")
+
+
+def check_decode_latents(fn: Callable) -> bool:
+    """Check ``fn(vae, latents) -> images in [0, 1]``, steps 8 and 10 of the pipeline (lesson 07).
+
+    The UNet works on s·z (s = ``vae.config.scaling_factor``, lesson 05), so the loop's latents are
+    divided by s before the decoder, and the decoder's [-1, 1] is mapped to [0, 1] and clipped.
+
+    :param fn: the learner's function; ``vae`` has ``config.scaling_factor`` and ``decode(z)``,
+        ``latents`` is (B, 4, h, w)
+    :return: True if fn returns (vae.decode(latents / s) / 2 + 0.5).clamp(0, 1), (B, 3, H, W), on every case
+    """
+    cases = []
+    for seed, (shape, s) in enumerate(_DECODE_CASES):
+        vae = _ToyVAE(s, seed)
+        latents = 1.2 * _seeded(300 + seed, *shape) * s / 0.5  # s·z with z of a few units, as the UNet's latents
+
+        def mistakes(vae=vae, latents=latents, s=s):
+            decoded = vae.decode(latents / s)
+            return [
+                ("you forgot to divide by the scaling factor: the UNet's latents are s·z, and the decoder "
+                 "wants z = latents / vae.config.scaling_factor.",
+                 lambda: (vae.decode(latents) / 2 + 0.5).clamp(0, 1)),
+                ("you multiplied by the scaling factor; divide: z = latents / vae.config.scaling_factor.",
+                 lambda: (vae.decode(latents * s) / 2 + 0.5).clamp(0, 1)),
+                ("use this VAE's own vae.config.scaling_factor; 0.18215 is SD v1.x's, and the course's VAE "
+                 "measured its own in lesson 05.",
+                 lambda: (vae.decode(latents / 0.18215) / 2 + 0.5).clamp(0, 1)),
+                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5.", lambda: decoded),
+                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5 (then clamp).",
+                 lambda: decoded.clamp(-1, 1)),
+                ("a decoder can overshoot [-1, 1] a little: clip after mapping, .clamp(0, 1).",
+                 lambda: decoded / 2 + 0.5),
+                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255)),
+                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255).round()),
+                ("clamp after mapping to [0, 1], not before: (images / 2 + 0.5).clamp(0, 1).",
+                 lambda: decoded.clamp(0, 1) / 2 + 0.5),
+                ("(images + 1) / 2 is right, but the result must be clipped to [0, 1] as well.",
+                 lambda: (decoded + 1) / 2),
+            ]
+
+        cases.append(_Case(args=(vae, latents), expected=(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1),
+                           where=f"for latents of shape {shape} and scaling_factor = {s}", mistakes=mistakes()))
+
+    def exception_hint(error: BaseException) -> str:
+        message = str(error)
+        if "decode takes latents" in message:
+            return "give vae.decode the latents themselves, (B, 4, h, w), divided by vae.config.scaling_factor."
+        if isinstance(error, AttributeError) and "scaling_factor" in message:
+            return "the scaling factor is in the VAE's config: vae.config.scaling_factor."
+        if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+            return "your function must take exactly these arguments, in this order: (vae, latents)."
+        return _DECODE_RECIPE + "."
+
+    return _grade(
+        fn, cases, check_name="check_decode_latents", result_name="the images",
+        success="(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1) matches for scaling factors 0.18215, 0.871 "
+                "and 0.5.",
+        generic_hint=_DECODE_RECIPE + ".",
+        shape_hint="keep the decoder's layout (B, 3, H, W): the pipeline moves the channels last only when it "
+                   "makes PIL images.",
+        exception_hint=exception_hint,
+    )
+
+
+# ============================================================================ lesson 08
+# (shape, sampling steps n, timestep spacing, grid positions i of the steps checked); the last
+# position of each grid is the final step, down to σ_next = 0
+_EULER_CASES = [((1, 4, 8, 8), 50, "leading", [10]), ((3, 4, 8, 8), 20, "linspace", [0, 9, 19]),
+                ((2, 3, 8, 8), 10, "leading", [4, 9])]
+
+
+def check_euler_step(fn: Callable) -> bool:
+    """Check one Euler step on the probability-flow ODE in σ, ``fn(x, eps, sigma, sigma_next) -> x_next`` (lesson 08).
+
+    In the variable x = x_t / sqrt(ᾱ_t) = x_0 + σ ε the ODE is dx/dσ = ε_θ, so Euler's method steps
+    x_next = x + (σ_next - σ) ε (Karras et al. 2022, Algorithm 1 without its second-order correction).
+
+    :param fn: the learner's function; ``x`` and ``eps`` are (B, C, H, W), ``sigma`` and
+        ``sigma_next`` are σ and the next σ of the grid per image, shape (B, 1, 1, 1)
+    :return: True if fn agrees with ``EulerSampler(schedule).step`` on every case
+    """
+    from .samplers import EulerSampler
+
+    cases = []
+    for seed, (shape, steps, spacing, positions) in enumerate(_EULER_CASES):
+        sampler = EulerSampler(_SD, timestep_spacing=spacing)
+        sampler.set_timesteps(steps)
+        sigma = _per_item(sampler.sigmas[positions])
+        sigma_next = _per_item(sampler.sigmas[[i + 1 for i in positions]])
+        x = _seeded(240 + seed, *shape).clamp(-1, 1) + sigma * _seeded(250 + seed, *shape)  # x = x_0 + σ ε
+        eps = 0.8 * (x - _seeded(240 + seed, *shape).clamp(-1, 1)) / sigma + 0.3 * _seeded(260 + seed, *shape)
+        timesteps = sampler.timesteps[positions]
+        expected = torch.cat([sampler.step(eps[b:b + 1], t, x[b:b + 1]) for b, t in enumerate(timesteps)])
+
+        def mistakes(x=x, eps=eps, s=sigma, n=sigma_next):
+            return [
+                ("check the sign: σ decreases along the sampling, so the step σ_next - σ is negative; "
+                 "x_next = x + (σ_next - σ)·ε, not x + (σ - σ_next)·ε.", lambda: x + (s - n) * eps),
+                ("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
+                 "σ_next - σ.", lambda: x + n * eps),
+                ("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
+                 "σ_next - σ.", lambda: x - n * eps),
+                ("you returned x̂0 = x - σ·ε, a jump all the way to σ = 0; step only to σ_next: "
+                 "x + (σ_next - σ)·ε.", lambda: x - s * eps),
+                ("the derivative dx/dσ is ε itself (x = x0 + σ·ε); you divided it by σ once more.",
+                 lambda: x + (n - s) * eps / s),
+                ("σ is a standard deviation and the ODE is in σ itself: use σ_next - σ, not σ_next² - σ².",
+                 lambda: x + (n ** 2 - s ** 2) * eps),
+                ("you scaled x by 1 / sqrt(σ² + 1): that is what the UNet is given (scale_model_input); "
+                 "the step itself works on x = x0 + σ·ε: x + (σ_next - σ)·ε.",
+                 lambda: x / (s ** 2 + 1) ** 0.5 + (n - s) * eps),
+                ("every image used the first σ; each image has its own σ and σ_next, already shaped "
+                 "(B, 1, 1, 1): x + (sigma_next - sigma) * eps.", lambda: x + (n[0] - s[0]) * eps),
+            ]
+
+        cases.append(_Case(
+            args=(x, eps, sigma, sigma_next),
+            expected=expected,
+            where=(f"for x of shape {shape}, σ = {[round(v, 4) for v in sigma.flatten().tolist()]} -> "
+                   f"σ_next = {[round(v, 4) for v in sigma_next.flatten().tolist()]} ({steps} {spacing} steps)"),
+            mistakes=mistakes(),
+        ))
+    return _grade(
+        fn, cases, check_name="check_euler_step", result_name="x_next",
+        success="x_next = x + (σ_next - σ)·ε matches EulerSampler.step on 3 grids, the last step (σ_next = 0) "
+                "included.",
+        generic_hint="x = x0 + σ·ε, so dx/dσ = ε and Euler's step is x_next = x + (σ_next - σ)·ε.",
+        shape_hint="x_next has the shape of x; sigma and sigma_next are already (B, 1, 1, 1).",
+        exception_hint=_hint_for_exception("(x, eps, sigma, sigma_next)", "x + (σ_next - σ)·ε"),
+    )
+
+
+# (sampler, timestep spacing, n, strength): n·strength 30 (whole), 3.3 (round() keeps 3, rounding up
+# gives 4), 37.5 (round() gives 38), 3.5 on a fractional Euler grid, and the ends 1 and 0
+_IMG2IMG_CASES = [("ddim", "leading", 50, 0.6), ("dpmsolver", "linspace", 10, 0.33), ("ddim", "leading", 50, 0.75),
+                  ("euler", "linspace", 7, 0.5), ("ddim", "leading", 10, 1.0), ("ddim", "leading", 10, 0.0)]
+
+
+def check_img2img_timesteps(fn: Callable) -> bool:
+    """Check ``fn(timesteps, strength) -> the timesteps img2img runs`` (lesson 08).
+
+    As diffusers' ``StableDiffusionImg2ImgPipeline`` (and ``StableDiffusion.img2img``): of the n
+    timesteps, the last k = int(n · strength) are run, from position n - k on; the image is noised
+    to the first of them.
+
+    :param fn: the learner's function; ``timesteps`` is a sampler's grid of n timesteps, high to
+        low (a tensor (n,)), ``strength`` a float in [0, 1]
+    :return: True if fn returns ``timesteps[n - int(n * strength):]`` on every case
+    """
+    from .samplers import make_sampler
+
+    cases = []
+    for name, spacing, n, strength in _IMG2IMG_CASES:
+        sampler = make_sampler(name, _SD, timestep_spacing=spacing)
+        sampler.set_timesteps(n)
+        timesteps = sampler.timesteps
+        k = min(int(n * strength), n)  # as StableDiffusion.img2img and diffusers' get_timesteps
+
+        def mistakes(ts=timesteps, n=n, s=strength, k=k):
+            import math
+
+            return [
+                ("you rounded n·strength; diffusers truncates it: k = int(n·strength), then timesteps[n - k:].",
+                 lambda: ts[n - min(round(n * s), n):]),
+                ("you rounded n·strength up (a start at int(n·(1 - strength)) does the same); diffusers first "
+                 "truncates the number of steps, k = int(n·strength), then starts at n - k.",
+                 lambda: ts[n - min(math.ceil(n * s), n):]),
+                ("off by one: you run one step too many (k + 1). Run exactly k = int(n·strength) steps: "
+                 "timesteps[n - k:].", lambda: ts[max(n - k - 1, 0):]),
+                ("off by one: you run one step too few (k - 1). Run exactly k = int(n·strength) steps: "
+                 "timesteps[n - k:].", lambda: ts[n - k + 1:]),
+                ("for strength 0, k = 0 and timesteps[-0:] is the whole grid (-0 is 0); slice from n - k: "
+                 "timesteps[len(timesteps) - k:].", lambda: ts[-k:]),
+                ("those are the first k timesteps, the noisiest ones, where sampling from noise starts. img2img "
+                 "runs the END of the loop: the last k, timesteps[n - k:].", lambda: ts[:k]),
+                ("you started at position k; start at n - k, so that k = int(n·strength) steps are run.",
+                 lambda: ts[k:]),
+                ("the timesteps must stay high to low, as the sampler runs them: timesteps[n - k:], not flipped.",
+                 lambda: ts[n - k:].flip(0)),
+            ]
+
+        cases.append(_Case(
+            args=(timesteps, strength),
+            expected=timesteps[n - k:],
+            where=f"for {name}'s {n} {spacing} timesteps and strength = {strength}",
+            mistakes=mistakes(),
+        ))
+
+    def exception_hint(error: BaseException) -> str:
+        message = str(error)
+        if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+            return "your function must take exactly these arguments, in this order: (timesteps, strength)."
+        if isinstance(error, TypeError) and ("slice" in message or "integer" in message or "index" in message):
+            return "slice positions must be whole numbers: k = int(n * strength)."
+        return "k = int(len(timesteps) * strength), then return timesteps[len(timesteps) - k:]."
+
+    return _grade(
+        fn, cases, check_name="check_img2img_timesteps", result_name="the timesteps run",
+        success="the last k = int(n·strength) timesteps, timesteps[n - k:], match StableDiffusion.img2img "
+                "for 6 grids and strengths, strength 0 and 1 included.",
+        generic_hint="k = int(n * strength) steps are run, the last k of the grid: timesteps[n - k:].",
+        shape_hint="return k = int(n * strength) timesteps, the last k of the grid: timesteps[n - k:].",
+        exception_hint=exception_hint,
+    )

@@ -1,4 +1,5 @@
-"""The measured experiments of lessons 03-04: guidance sweeps on the digits, cached on disk.
+"""The measured experiments of lessons 03-04 and 08: guidance sweeps on the digits and the sampler
+sweep of the mini Stable Diffusion (``sampler_sweep``), cached on disk.
 
 A sweep samples 10 * per_class digits (per_class of each class) at every guidance strength, all
 strengths in ONE batched sampling run (the guidance scale may differ per image), and scores each
@@ -136,3 +137,172 @@ def guidance_sweep(method: str, strengths, per_class: int = 5, steps: int = 50, 
             write(temporary)
             os.replace(temporary, path)                       # atomic: never a half-written cache file
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 08: the four samplers against the number of steps, on the mini Stable Diffusion
+# ----------------------------------------------------------------------------------------------
+
+# the checkpoints a sampler sweep depends on: the mini SD's three parts and the shapes judge
+SAMPLER_SWEEP_CHECKPOINTS = ("shapes-ldm", "shapes-vae", "shapes-clip", "shapes-judge")
+
+
+@dataclass
+class SamplerSweepResult:
+    """Scores of the mini SD's pictures for every sampler and number of steps.
+
+    ``reports[sampler][steps]`` is :func:`course_lib.metrics.shapes_judge_report` of the pictures
+    (the shares of pictures whose "shape", "color", "size", "position" the judge reads as asked,
+    "color_and_shape" and "all" four right) plus "clip_score" (the tiny CLIP's mean score of each
+    picture with its prompt), "frechet_distance" (in the tiny CLIP's image features, against the
+    real test pictures) and "seconds_per_image" (wall time of the sampling run / number of pictures,
+    measured when the sweep was computed). ``real`` holds the same scores for real pictures
+    (``datasets.render_shape``) of the same prompts: the best the numbers can be with N pictures.
+    ``images[i, j]`` are the pictures of ``samplers[i]`` at ``steps[j]``, uint8 (N, 3, 64, 64), picture k
+    of every run from the same starting noise and for the prompt ``wanted[k]``.
+    """
+
+    samplers: list[str]
+    steps: list[int]
+    wanted: list[dict]  # one shapes_prompt_grid entry per picture: "prompt", "shape", "color", ...
+    guidance_scale: float
+    seed: int
+    reports: dict  # reports[sampler][steps] -> dict of scores
+    real: dict  # the same scores for real pictures of the prompts (no "seconds_per_image")
+    images: torch.Tensor  # (S, K, N, 3, H, W) uint8
+    from_cache: bool = False
+
+    def table(self, score: str) -> list[list[float]]:
+        """One score as rows (samplers) x columns (steps), e.g. ``result.table("all")``."""
+        return [[self.reports[s][n][score] for n in self.steps] for s in self.samplers]
+
+
+def sweep_prompts(num_prompts: int = 16) -> list[dict]:
+    """``num_prompts`` full prompts of seen colour-shape pairs, spread over every attribute.
+
+    ``metrics.shapes_prompt_grid()`` lists, for each of the 16 seen colour-shape pairs, its 10
+    (size, position) cells. Prompt i takes pair p = i mod 16 in round r = i // 16 and cell
+    c = (5 (p mod 2) + p mod 5 + 3 r) mod 10: the first 16 prompts are the 16 pairs, small and large
+    in turn, the five positions in turn; 160 prompts are all of them, each once.
+    """
+    from .captions import ATTRIBUTES
+    from .metrics import shapes_prompt_grid
+
+    grid = shapes_prompt_grid(heldout=False)
+    cells = len(ATTRIBUTES["size"]) * len(ATTRIBUTES["position"])  # 10 (size, position) cells per pair
+    pairs = len(grid) // cells  # 16
+    check_int_range(num_prompts, "num_prompts", 2, len(grid),
+                    hint=f"The Fréchet distance needs at least 2 pictures; there are {len(grid)} prompts.")
+    chosen = []
+    for i in range(num_prompts):
+        p, r = i % pairs, i // pairs
+        chosen.append(grid[cells * p + (5 * (p % 2) + p % 5 + 3 * r) % cells])
+    return chosen
+
+
+def _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed) -> str:
+    from .pipeline import MINI_SD_TOKENIZER
+
+    digest = hashlib.sha256(json.dumps(["samplers-v1", samplers, steps, num_prompts, guidance_scale,
+                                        seed]).encode())
+    for name in SAMPLER_SWEEP_CHECKPOINTS:
+        digest.update((checkpoint_dir() / f"{name}.safetensors").read_bytes())
+    tokenizer_file = checkpoint_dir() / MINI_SD_TOKENIZER / "tokenizer.json"
+    if tokenizer_file.is_file():
+        digest.update(tokenizer_file.read_bytes())
+    return f"samplers-{digest.hexdigest()[:16]}"
+
+
+@torch.no_grad()
+def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10, 20, 50), num_prompts: int = 16,
+                  guidance_scale: float = 7.5, seed: int = 0, progress: bool = True,
+                  use_cache: bool = True) -> SamplerSweepResult:
+    """Sample the mini SD with every sampler at every number of steps and score the pictures (lesson 08).
+
+    Every run takes the same ``num_prompts`` prompts (:func:`sweep_prompts`, one picture each) and
+    the same starting noise z_T (``torch.Generator().manual_seed(seed)``), with classifier-free
+    guidance, through ``StableDiffusion.__call__``: one batched run per (sampler, steps). The
+    pictures are scored by the shapes judge, the tiny CLIP's score and the Fréchet distance in the
+    tiny CLIP's image features against the 1,000 real test pictures (``shapes_tensors("test")``).
+    Results are cached like :func:`guidance_sweep`'s, keyed by the arguments and the checkpoints.
+
+    :param samplers: names from ``course_lib.samplers.SAMPLER_NAMES``
+    :param steps: numbers of sampling steps n
+    :param num_prompts: pictures per run (the Fréchet distance depends on it)
+    :param guidance_scale: lambda (1 = no guidance)
+    :param seed: seed of the starting noise (and of DDPM's noise)
+    :param progress: show a progress bar over the runs
+    :param use_cache: read and write the cache
+    """
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .datasets import render_shape, shapes_tensors
+    from .metrics import (clip_image_features, feature_statistics, gaussian_frechet_distance,
+                          shapes_judge_report)
+    from .nn.text import clip_score, tokenize_prompts
+    from .pipeline import StableDiffusion
+    from .samplers import SAMPLER_NAMES
+
+    samplers = [check_choice(s, SAMPLER_NAMES, "sampler") for s in samplers]
+    steps = [check_int_range(n, "steps", 1, 1000) for n in steps]
+    if not samplers or not steps:
+        raise ValueError("samplers and steps must not be empty, e.g. samplers=('ddim', 'euler'), steps=(5, 10, 20).")
+    guidance_scale = check_number(guidance_scale, "guidance_scale", minimum=0.0)
+    wanted = sweep_prompts(num_prompts)
+    key = _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed)
+    files = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
+    if use_cache and files[0].is_file() and files[1].is_file():
+        info = json.loads(files[1].read_text())
+        reports = {s: {int(n): r for n, r in by_steps.items()} for s, by_steps in info["reports"].items()}
+        return SamplerSweepResult(samplers, steps, wanted, guidance_scale, seed, reports, info["real"],
+                                  load_file(files[0])["images"], from_cache=True)
+
+    pipe = StableDiffusion.from_course("mini-sd")
+    pipe.set_progress_bar_config(disable=True)
+    judge, _ = load_course_model("shapes-judge")
+    clip, _ = load_course_model("shapes-clip")
+    prompts = [w["prompt"] for w in wanted]
+    tokens = tokenize_prompts(pipe.tokenizer, prompts)
+    reference = feature_statistics(clip_image_features(clip, shapes_tensors("test")[0]))
+
+    def scores(images: torch.Tensor) -> dict:
+        report = shapes_judge_report(judge, images, wanted)
+        report["clip_score"] = round(clip_score(clip, images.clamp(-1, 1), **tokens).mean().item(), 3)
+        features = clip_image_features(clip, images)
+        report["frechet_distance"] = round(gaussian_frechet_distance(*feature_statistics(features), *reference), 5)
+        return report
+
+    # real pictures of the same prompts: the best the scores can be with this many pictures
+    real_images = torch.from_numpy(np.stack([render_shape(w["shape"], w["color"], w["size"], w["position"], rng=i)
+                                             for i, w in enumerate(wanted)]))
+    real = scores(real_images.permute(0, 3, 1, 2).float() / 127.5 - 1)  # uint8 (N, H, W, 3) -> [-1, 1] (N, 3, H, W)
+    height, width = real_images.shape[1:3]  # the shapes world's size, 64 x 64
+
+    reports = {s: {} for s in samplers}
+    pictures = []
+    runs = [(s, n) for s in samplers for n in steps]
+    for sampler, n in tqdm(runs, disable=not progress, desc="sampler sweep"):
+        start = time.perf_counter()
+        images = pipe(prompts, height=height, width=width, num_inference_steps=n, guidance_scale=guidance_scale,
+                      sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                      output_type="np")  # (N, H, W, 3) in [0, 1]
+        seconds = time.perf_counter() - start
+        images = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, H, W) in [0, 1]
+        reports[sampler][n] = {**scores(images * 2 - 1), "seconds_per_image": round(seconds / num_prompts, 5)}
+        pictures.append((images * 255).round().to(torch.uint8))
+    pictures = torch.stack(pictures).reshape(len(samplers), len(steps), num_prompts, 3, height, width)
+    result = SamplerSweepResult(samplers, steps, wanted, guidance_scale, seed, reports, real, pictures)
+    if use_cache:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        info = {"reports": {s: {str(n): r for n, r in by_steps.items()} for s, by_steps in reports.items()},
+                "real": real}
+        for path, write in ((files[0], lambda p: save_file({"images": pictures.contiguous()}, p)),
+                            (files[1], lambda p: p.write_text(json.dumps(info, indent=1)))):
+            temporary = path.with_name(path.name + ".tmp")
+            write(temporary)
+            os.replace(temporary, path)                       # atomic: never a half-written cache file
+    return result
+
+
+__all__ += ["SamplerSweepResult", "SAMPLER_SWEEP_CHECKPOINTS", "sampler_sweep", "sweep_prompts"]

@@ -17,15 +17,35 @@ Notation (code name -> symbol):
 
 In self-attention K and V come from x itself; in cross-attention they come from the prompt c,
 which is how the prompt steers every spatial position of the image (lesson 06).
+
+``record_cross_attention(model)`` watches every cross-attention layer of a model and keeps the
+attention probabilities softmax(Q K^T / sqrt(d)): where in the image each word of the prompt is
+read (lesson 06 draws the map of "red" over the picture).
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Attention", "GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel"]
+__all__ = ["Attention", "GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel",
+           "attention_probs", "CrossAttentionMaps", "record_cross_attention"]
+
+
+def attention_probs(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The attention weights softmax(Q K^T / sqrt(d)), per head: what SDPA computes and does not return.
+
+    :param query: Q, (B, h, N, d)
+    :param key: K, (B, h, L, d)
+    :return: (B, h, N, L); each row (one query position) sums to 1 over the L keys
+    """
+    # A = softmax(Q K^T / sqrt(d)), the softmax over the keys (last axis)
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])  # (B, h, N, L)
+    return scores.softmax(dim=-1)
 
 
 class Attention(nn.Module):
@@ -238,3 +258,129 @@ class Transformer2DModel(nn.Module):
             h = h.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()  # (B, H*W, inner) -> (B, inner, H, W)
             h = self.proj_out(h)  # (B, C, H, W)
         return h + residual
+
+
+# ----------------------------------------------------------------------------------------------
+# Watching cross-attention: which image positions read which prompt token
+
+
+class CrossAttentionMaps:
+    """The cross-attention weights a model used, averaged over heads and calls, layer by layer.
+
+    Filled by :func:`record_cross_attention`. For each cross-attention layer it keeps the running
+    sum of A = softmax(Q K^T / sqrt(d)) averaged over the heads, (B, N, L), and how many calls it
+    has seen (a sampling loop calls every layer once per step), so memory does not grow with the
+    number of steps. B is the batch the UNet saw: with classifier-free guidance that is the batch
+    of two, [unconditional half, conditional half].
+
+    Attributes: ``sums`` {layer name: (B, N, L) float32 on the CPU}, ``calls`` {layer name: count}.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, int] = {}
+
+    @property
+    def layer_names(self) -> list[str]:
+        """The cross-attention layers seen, in the order they first ran."""
+        return list(self.sums)
+
+    def add(self, name: str, probs: torch.Tensor) -> None:
+        """Add one call's weights (B, h, N, L) of layer ``name``."""
+        mean_over_heads = probs.detach().float().mean(dim=1).cpu()  # (B, h, N, L) -> (B, N, L)
+        if name in self.sums:
+            if self.sums[name].shape != mean_over_heads.shape:
+                raise ValueError(
+                    f"Layer {name} was called with attention of shape {tuple(mean_over_heads.shape)} (B, N, L) after "
+                    f"{tuple(self.sums[name].shape)}: the batch or the image size changed while recording. "
+                    f"Record one sampling run per `with record_cross_attention(...)` block.")
+            self.sums[name] += mean_over_heads
+            self.calls[name] += 1
+        else:
+            self.sums[name] = mean_over_heads.clone()
+            self.calls[name] = 1
+
+    def layer_map(self, name: str) -> torch.Tensor:
+        """The mean weights of one layer over its calls and heads, (B, N, L)."""
+        if name not in self.sums:
+            raise KeyError(f"No cross-attention layer {name!r} was recorded; recorded: {self.layer_names}.")
+        return self.sums[name] / self.calls[name]
+
+    def token_map(self, token_index: int, latent_size: tuple[int, int], size: tuple[int, int] | None = None,
+                  layers: list[str] | None = None) -> torch.Tensor:
+        """How much each image position attended to one prompt token, averaged over layers.
+
+        Each layer works at its own resolution: the latent grid h x w, or h / 2^k x w / 2^k deeper in
+        the UNet (N = h w / 4^k positions). Every layer's map is resized (bilinear) to ``size``, then
+        the layers are averaged with equal weight.
+
+        :param token_index: position of the token in the prompt's input_ids, e.g. that of "red"
+        :param latent_size: (h, w) of the latents the UNet denoised (the grid of the first layer)
+        :param size: (H, W) of the maps returned, e.g. the decoded image's (default: latent_size)
+        :param layers: names of the layers to average (default: all recorded)
+        :return: (B, H, W), each value the share of attention (in [0, 1]) that position gave the token
+        """
+        if not self.sums:
+            raise ValueError("Nothing was recorded. Run the model inside "
+                             "`with record_cross_attention(model) as maps:`.")
+        height, width = latent_size
+        size = tuple(size) if size is not None else (height, width)
+        maps = []
+        for name in layers if layers is not None else self.layer_names:
+            mean = self.layer_map(name)  # (B, N, L)
+            B, N, L = mean.shape
+            if not -L <= token_index < L:
+                raise IndexError(f"token_index {token_index} is outside the prompt's {L} tokens.")
+            # the layer's grid: the latent grid shrunk by 2^k with N = (h / 2^k) (w / 2^k)
+            shrink = round(math.sqrt(height * width / N))
+            grid = (height // max(shrink, 1), width // max(shrink, 1))
+            if grid[0] * grid[1] != N:
+                raise ValueError(f"Layer {name} has {N} positions, which is no h / 2^k x w / 2^k grid of the "
+                                 f"latent_size {latent_size}. Pass the (h, w) of the latents the model denoised.")
+            layer = mean[:, :, token_index].reshape(B, 1, *grid)  # (B, N) -> (B, 1, h_k, w_k)
+            maps.append(F.interpolate(layer, size=size, mode="bilinear", align_corners=False)[:, 0])
+        return torch.stack(maps).mean(dim=0)  # (layers, B, H, W) -> (B, H, W)
+
+
+@contextlib.contextmanager
+def record_cross_attention(model: nn.Module):
+    """Record the attention weights of every cross-attention layer of ``model`` while inside the block.
+
+        with record_cross_attention(pipe.unet) as maps:
+            images = pipe("a red circle", guidance_scale=1)
+        red = maps.token_map(token_index=2, latent_size=(8, 8), size=(64, 64))   # (1, 64, 64)
+
+    A forward hook on each cross-attention :class:`Attention` (``...attn2``) recomputes
+    A = softmax(Q K^T / sqrt(d)) from the layer's own inputs (``F.scaled_dot_product_attention``
+    never returns A) and adds it to a :class:`CrossAttentionMaps`. The model's outputs do not
+    change; the hooks are removed when the block ends, even after an error.
+
+    :param model: any module holding course_lib ``Attention`` layers used with a context (the UNet)
+    :return: (as the ``with`` target) the :class:`CrossAttentionMaps` being filled
+    """
+    maps = CrossAttentionMaps()
+
+    def hook(name):
+        def record(module: Attention, args, output):
+            x, context = args[0], args[1] if len(args) > 1 else None
+            if context is None:  # attn2 called without a prompt attends to x itself: not cross-attention
+                return
+            B, h = x.shape[0], module.heads
+            with torch.no_grad():  # an observer: no graph, even when the model is being trained
+                q = module.to_q(x)  # (B, N, h*d)
+                k = module.to_k(context)  # (B, L, h*d)
+                q = q.view(B, -1, h, q.shape[-1] // h).transpose(1, 2)  # (B, h, N, d)
+                k = k.view(B, -1, h, k.shape[-1] // h).transpose(1, 2)  # (B, h, L, d)
+                maps.add(name, attention_probs(q.float(), k.float()))
+        return record
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in model.named_modules()
+               if isinstance(module, Attention) and name.split(".")[-1] == "attn2"]
+    if not handles:
+        raise ValueError(f"{type(model).__name__} has no cross-attention layers (modules named attn2): nothing "
+                         f"to record. Pass a UNet built with cross_attention_dim, such as pipe.unet.")
+    try:
+        yield maps
+    finally:
+        for handle in handles:
+            handle.remove()

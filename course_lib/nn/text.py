@@ -58,6 +58,7 @@ __all__ = [
     "build_tiny_clip",
     "encode_text",
     "clip_embeddings",
+    "contrastive_loss",
     "clip_loss",
     "clip_score",
     "zero_shot_predict",
@@ -404,8 +405,27 @@ def clip_loss(model, pixel_values, input_ids, attention_mask=None) -> torch.Tens
     if image_embeds.shape[0] != text_embeds.shape[0]:
         raise ValueError(f"clip_loss needs one caption per image, got {image_embeds.shape[0]} images and "
                          f"{text_embeds.shape[0]} captions. Pass matching pairs.")
+    return contrastive_loss(image_embeds, text_embeds, model.logit_scale)
+
+
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss from the embeddings of B matching pairs (see :func:`clip_loss`).
+
+        s_ij = exp(logit_scale) v_i . t_j
+        L    = 1/2 [ CE(rows of s, diagonal) + CE(columns of s, diagonal) ]
+
+    :param image_embeds: v_i, unit length, (B, P)
+    :param text_embeds: t_j, unit length, (B, P); text_embeds[i] is the caption of image i
+    :param logit_scale: log(1 / tau), a number or a scalar tensor (CLIPModel.logit_scale)
+    :return: the loss, a scalar tensor
+    """
+    if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape != text_embeds.shape:
+        raise ValueError(f"The contrastive loss needs one caption per image: image_embeds (B, P) and text_embeds "
+                         f"(B, P) of the same shape, got {tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}. "
+                         f"Pass matching pairs.")
+    logit_scale = torch.as_tensor(logit_scale, dtype=image_embeds.dtype, device=image_embeds.device)
     # s_ij = exp(logit_scale) v_i . t_j, (B images, B captions)
-    logits = model.logit_scale.exp() * image_embeds @ text_embeds.T
+    logits = logit_scale.exp() * image_embeds @ text_embeds.T
     # log-softmax along j (rows: image -> captions) and along i (columns: caption -> images)
     image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()
     text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()
