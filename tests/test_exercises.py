@@ -10,13 +10,9 @@ import torch
 
 from course_lib import exercises
 
+from _exercise_harness import assert_correct, run
 
-def run(check, fn, capsys):
-    """Run a check; return (its verdict, everything it printed)."""
-    verdict = check(fn)
-    captured = capsys.readouterr()
-    assert captured.err == ""
-    return verdict, captured.out
+
 
 
 def per_item(values):
@@ -90,10 +86,7 @@ CORRECT = [
 
 @pytest.mark.parametrize("check, fn", CORRECT, ids=lambda v: getattr(v, "__name__", ""))
 def test_correct_solution_passes(check, fn, capsys):
-    verdict, out = run(check, fn, capsys)
-    assert verdict is True, out
-    assert out.startswith("✅ Correct: ")
-    assert len(out.strip().splitlines()) == 1
+    assert_correct(check, fn, capsys)
 
 
 # ============================================================================ typical mistakes
@@ -240,6 +233,14 @@ ALL_CHECKS = [
     (exercises.check_bayes_score, 3),
     (exercises.check_cfg, 3),
     (exercises.check_batch_of_two, 5),
+    (exercises.check_kl_diagonal_gaussian, 2),  # lesson 05
+    (exercises.check_reparameterise, 3),
+    (exercises.check_cross_attention, 3),  # lesson 06
+    (exercises.check_clip_contrastive_loss, 3),
+    (exercises.check_guided_noise, 6),  # lesson 07
+    (exercises.check_decode_latents, 2),
+    (exercises.check_euler_step, 4),  # lesson 08
+    (exercises.check_img2img_timesteps, 2),
 ]
 
 
@@ -287,6 +288,19 @@ def test_not_a_function_is_explained(check, num_args, capsys):
     verdict, out = run(check, torch.zeros(3), capsys)
     assert verdict is False
     assert "needs your function itself" in out and "no parentheses" in out
+
+
+@pytest.mark.parametrize("check, num_args", ALL_CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_a_wrong_number_of_arguments_is_explained(check, num_args, capsys):
+    verdict, out = run(check, _stub(num_args - 1, lambda: None), capsys)
+    assert verdict is False
+    assert "TypeError" in out or "must take exactly these arguments" in out
+    assert "Traceback" not in out
+
+
+def test_every_check_is_exported_and_tested_here():
+    checks = {name for name in exercises.__all__ if name.startswith("check_")}
+    assert checks == {check.__name__ for check, _ in ALL_CHECKS}
 
 
 def test_missing_reshape_is_explained(capsys):

@@ -11,13 +11,9 @@ from torch.distributions import Normal, kl_divergence
 
 from course_lib import exercises
 
+from _exercise_harness import assert_correct, run
 
-def run(check, fn, capsys):
-    """Run a check; return (its verdict, everything it printed)."""
-    verdict = check(fn)
-    captured = capsys.readouterr()
-    assert captured.err == ""
-    return verdict, captured.out
+
 
 
 # ============================================================================ correct solutions
@@ -53,10 +49,7 @@ CORRECT = [
 
 @pytest.mark.parametrize("check, fn", CORRECT, ids=lambda v: getattr(v, "__name__", ""))
 def test_correct_solution_passes(check, fn, capsys):
-    verdict, out = run(check, fn, capsys)
-    assert verdict is True, out
-    assert out.startswith("✅ Correct: ")
-    assert len(out.strip().splitlines()) == 1
+    assert_correct(check, fn, capsys)
 
 
 # ============================================================================ typical mistakes
@@ -149,49 +142,7 @@ def test_reparameterise_expected_is_the_library_sample():
 
 
 # ============================================================================ unfinished and broken functions
-CHECKS = [(exercises.check_kl_diagonal_gaussian, 2), (exercises.check_reparameterise, 3)]
-
-
-def _stub(num_args, body):
-    names = ", ".join(f"a{i}" for i in range(num_args))
-    scope = {"body": body}
-    exec(f"def learner({names}):\n    return body()", scope)
-    return scope["learner"]
-
-
-def _not_implemented():
-    raise NotImplementedError()
-
-
-def _value_error():
-    raise ValueError("boom")
-
-
-@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_not_implemented_says_not_done(check, num_args, capsys):
-    verdict, out = run(check, _stub(num_args, _not_implemented), capsys)
-    assert verdict is False
-    assert out.strip() == exercises.NOT_DONE
-
-
-@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_exception_is_reported_without_traceback(check, num_args, capsys):
-    verdict, out = run(check, _stub(num_args, _value_error), capsys)
-    assert verdict is False
-    assert out.startswith("❌ Your function raised ValueError: boom\n   Hint: ")
-    assert "Traceback" not in out and len(out.strip().splitlines()) == 2
-
-
-@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_returning_none_asks_for_return(check, num_args, capsys):
-    verdict, out = run(check, _stub(num_args, lambda: None), capsys)
-    assert verdict is False and "returned None" in out
-
-
-@pytest.mark.parametrize("check, num_args", CHECKS, ids=lambda v: getattr(v, "__name__", str(v)))
-def test_not_a_function_is_explained(check, num_args, capsys):
-    verdict, out = run(check, torch.zeros(3), capsys)
-    assert verdict is False and "needs your function itself" in out
+# not done yet, exceptions, None, not a function: tests/test_exercises.py (ALL_CHECKS)
 
 
 def test_wrong_arguments_are_explained(capsys):
