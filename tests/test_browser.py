@@ -245,7 +245,8 @@ def runs(request, tmp_path_factory):
     together, each in a page of its own (only those of the selected tests). The tests then wait
     for their page."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    selected = {RUN_OF_TEST.get(item.originalname) for item in request.session.items}
+    # getattr: the session also holds nbval's notebook cells, which have no originalname
+    selected = {RUN_OF_TEST.get(getattr(item, "originalname", None)) for item in request.session.items}
     servers, runs, playwright = {}, {}, None
     try:
         _start_servers(servers, tmp_path_factory.mktemp("browser"),
