@@ -45,7 +45,6 @@ __all__ = [
     "judge_predictions",
     "judge_features",
     "judge_accuracy",
-    "judge_attribute_accuracy",
     "per_class_accuracy",
     "Diversity",
     "diversity",
@@ -595,25 +594,30 @@ def shapes_prompt_grid(heldout: bool = False) -> list[dict]:
 
 
 @torch.no_grad()
-def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted: list[dict]) -> dict:
+def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_size: int = 250) -> dict:
     """How many pictures show what was asked, attribute by attribute, read by the shapes judge.
 
     :param judge: the shapes judge (``load_course_model("shapes-judge")``): a CNN with four heads
     :param images: (N, 3, 64, 64) in [-1, 1] (clamped here)
-    :param wanted: N dicts with the asked-for "shape", "color", "size" and "position" (any may be
-        missing: a prompt that does not name it), e.g. from :func:`shapes_prompt_grid`
+    :param wanted: what each picture should show: N dicts with the asked-for "shape", "color",
+        "size" and "position" (any may be missing: a prompt that does not name it), e.g. from
+        :func:`shapes_prompt_grid`; or integer ids per attribute, {"shape": (N,), ...}, as
+        ``datasets.shapes_attributes`` gives them
     :return: {"shape": share right, "color": ..., "size": ..., "position": ...,
         "all": share with every asked attribute right, "color_and_shape": share with both right}
     """
     from .captions import ATTRIBUTES
     from .train import split_attribute_logits
 
-    images = _check_images(images)
+    images = _check_images(images).clamp(-1, 1)
+    if isinstance(wanted, dict):  # ids per attribute -> one dict of values per picture
+        wanted = [{name: values[int(check_labels(wanted[name], len(values), images.shape[0],
+                                                 f"wanted[{name!r}]")[i])]
+                   for name, values in ATTRIBUTES.items() if name in wanted} for i in range(images.shape[0])]
     if len(wanted) != images.shape[0]:
         raise ValueError(f"Got {images.shape[0]} images but {len(wanted)} wanted-attribute entries; "
                          f"pass one dict per image.")
-    heads = split_attribute_logits(torch.cat([judge(images[i:i + 250].clamp(-1, 1))
-                                              for i in range(0, len(images), 250)]))
+    heads = split_attribute_logits(_run_judge(judge, images, "forward", batch_size))
     right = {}
     for name, values in ATTRIBUTES.items():
         predicted = [values[k] for k in heads[name].argmax(1).tolist()]
@@ -629,30 +633,6 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted: list[dic
 # ---------------------------------------------------------------------------------------------
 # The shapes world: the judge's four heads (lessons 05-06)
 # ---------------------------------------------------------------------------------------------
-
-
-def judge_attribute_accuracy(judge: nn.Module, images: torch.Tensor, attributes: dict[str, torch.Tensor],
-                             batch_size: int = 256) -> dict[str, float]:
-    """Share of shapes pictures whose shape, colour, size and position the shapes judge reads right.
-
-    :param judge: the shapes judge (``load_course_model("shapes-judge")``), logits (B, 16) cut into
-        one head per attribute by ``course_lib.train.split_attribute_logits``
-    :param images: (B, 3, 64, 64) in [-1, 1]
-    :param attributes: the intended value of each attribute as integer ids, {"shape": (B,), "color": (B,),
-        "size": (B,), "position": (B,)}, as ``datasets.shapes_attributes`` gives them
-    :return: {"shape": acc, "color": acc, "size": acc, "position": acc}, each in [0, 1]
-    """
-    from .train import split_attribute_logits
-
-    heads = split_attribute_logits(_run_judge(judge, images, "forward", batch_size))
-    out = {}
-    for name, logits in heads.items():
-        if name not in attributes:
-            raise ValueError(f"attributes has no {name!r} entry; expected the keys {list(heads)} "
-                             f"(datasets.shapes_attributes(split) gives them all).")
-        labels = check_labels(attributes[name], logits.shape[1], images.shape[0], f"attributes[{name!r}]").cpu()
-        out[name] = (logits.argmax(dim=1).cpu() == labels).double().mean().item()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
