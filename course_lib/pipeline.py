@@ -58,7 +58,7 @@ from .nn.vae import AutoencoderKL, VAEConfig
 from .pretrained import load_course_model
 from .samplers import SAMPLER_NAMES, TIMESTEP_SPACINGS, Sampler, make_sampler, randn_tensor
 from .schedules import NoiseSchedule, make_schedule
-from .train import checkpoint_dir
+from .train import SHAPES_TOKENIZER, checkpoint_dir
 
 __all__ = ["StableDiffusion", "SD_REPO_ID", "MINI_SD_CHECKPOINTS", "DEFAULT_TIMESTEP_SPACING", "OUTPUT_TYPES"]
 
@@ -68,7 +68,7 @@ OUTPUT_TYPES = ("pil", "np", "latent")
 # The mini Stable Diffusion of lessons 05-06: part -> checkpoint name, in the order they are trained
 # (the latent UNet is trained on the VAE's latents and the CLIP's text states).
 MINI_SD_CHECKPOINTS = {"vae": "shapes-vae", "text_encoder": "shapes-clip", "unet": "shapes-ldm"}
-MINI_SD_TOKENIZER = "shapes-tokenizer"  # a folder; without it the deterministic build_caption_tokenizer()
+MINI_SD_TOKENIZER = SHAPES_TOKENIZER  # a folder, written by the shapes-clip recipe; without it the deterministic build_caption_tokenizer()
 
 # The timestep spacing each diffusers scheduler uses when its config does not set one: SD v1.x's
 # scheduler config sets none, so DDIMScheduler.from_config(it) lays "leading" timesteps and
