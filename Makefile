@@ -9,10 +9,12 @@
 #           or TORCH=torch to take whatever build pip picks for your platform.
 #   VENV    where the virtual environment lives (default .venv)
 #   APP_PORT  the port of  make app  (default 8866)
+#   STUDENT_DIR, NBGRADER_DIR  where  make student  and  make nbgrader-source  write (student, course)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
 STUDENT_DIR ?= student
+NBGRADER_DIR ?= course
 APP_PORT ?= 8866
 
 BIN := $(VENV)/bin
@@ -20,7 +22,7 @@ STAMP := $(VENV)/.course-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup lab app test unit notebooks student info clean
+.PHONY: setup lab app test unit notebooks student nbgrader-source info clean
 
 setup: $(STAMP)
 
@@ -53,6 +55,10 @@ notebooks: $(STAMP)
 # Student versions of the notebooks in $(STUDENT_DIR)/: solutions replaced by raise NotImplementedError().
 student: $(STAMP)
 	$(BIN)/python -m course_lib.student notebooks $(STUDENT_DIR)
+
+# The lessons as an nbgrader course's source: solutions kept, check cells graded (see README).
+nbgrader-source: $(STAMP)
+	$(BIN)/python -m course_lib.student --nbgrader-source notebooks $(NBGRADER_DIR)/source/lessons
 
 info: $(STAMP)
 	$(BIN)/python -m course_lib info

@@ -1,6 +1,7 @@
 """Student versions of the notebooks: the solutions taken out, as nbgrader's ``ClearSolutions`` does.
 
     python -m course_lib.student notebooks student      # or: make student
+    python -m course_lib.student --nbgrader-source notebooks course/source/lessons   # for nbgrader
 
 An exercise in an instructor notebook is written between two marker lines:
 
@@ -44,6 +45,12 @@ is left alone; in a code cell a line that mentions one without being one is an e
 nbgrader would take it as a marker and the two student versions would differ. So are a BEGIN
 without END, an END without BEGIN and a BEGIN inside a solution: ValueError, naming the notebook
 and the cell.
+
+For a course run with nbgrader, ``--nbgrader-source`` writes the instructor notebooks with
+nbgrader's metadata instead (``make_nbgrader_source``): solutions kept, each check cell an
+autograded test worth a point per check. Put them in ``<course>/source/<assignment>/``; then
+``nbgrader generate_assignment`` releases the same exercises as ``make student`` writes and
+``nbgrader autograde`` scores the submissions.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["make_student_notebook", "write_student_versions", "main", "CODE_STUB", "TEXT_STUB"]
+__all__ = ["make_student_notebook", "make_nbgrader_source", "write_student_versions", "main", "CODE_STUB", "TEXT_STUB"]
 
 BEGIN = "BEGIN SOLUTION"
 END = "END SOLUTION"
@@ -69,6 +76,11 @@ _MARKER = re.compile(r"^(?P<indent>[ \t]*)#+[ \t]*(?P<kind>BEGIN|END) SOLUTION[ 
 _DEFINED = re.compile(r"^(?:def|class)[ \t]+(\w+)|^(\w+)[ \t]*(?::[^=\n]*)?=(?!=)", re.MULTILINE)
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _KEPT_SOLUTION_METADATA = ("tags",)
+# a check cell's line: `exercises.check_x(fn)`, `ok = exercises.check_x(fn)`, a `;` allowed
+_CHECK_CALL = re.compile(
+    r"^(?P<indent>[ \t]*)(?:(?P<name>\w+)[ \t]*=[ \t]*)?"
+    r"(?P<call>(?:course_lib\.)?exercises\.(?P<check>check_\w+)\(.*\))[ \t]*;?[ \t]*$"
+)
 
 
 def _replace_solutions(source: str, cell_type: str, where: str) -> tuple[str, list[str]]:
@@ -132,6 +144,38 @@ def _already_cleared(cell) -> bool:
     return any(lines[i:i + len(stub)] == list(stub) for i in range(len(lines)))
 
 
+def _mark_solution_cell(cell, grade_id: str) -> None:
+    """Give a solution cell nbgrader's metadata (its ``tags`` and an nbgrader ``grade_id`` kept)."""
+    kept = {key: cell.metadata[key] for key in _KEPT_SOLUTION_METADATA if key in cell.metadata}
+    nbgrader_metadata = {
+        "solution": True,
+        "grade": False,
+        "locked": False,
+        # an id the author gave in nbgrader is kept, so it still matches their gradebook
+        "grade_id": cell.metadata.get("nbgrader", {}).get("grade_id") or grade_id,
+        "schema_version": 3,
+    }
+    if cell.cell_type == "markdown":
+        # nbgrader's validator rejects a Markdown solution that is not also graded (by hand)
+        nbgrader_metadata.update(grade=True, points=0)
+    cell.metadata = nbformat.from_dict({**kept, "nbgrader": nbgrader_metadata})
+
+
+def _checked_copy(nb, name: str, caller: str):
+    """A deep copy of ``nb``, after checking that it is an nbformat v4 notebook."""
+    if not hasattr(nb, "cells") or not hasattr(nb, "metadata"):
+        raise TypeError(
+            f"{caller} expects an nbformat notebook, got {type(nb).__name__}. "
+            f"Read one with nbformat.read(path, as_version=4)."
+        )
+    if nb.get("nbformat") != 4:
+        raise ValueError(
+            f"{name}: nbformat version {nb.get('nbformat')!r}, expected 4. Convert it first with "
+            f"nbformat.read(path, as_version=4)."
+        )
+    return copy.deepcopy(nb)
+
+
 def _strip_widget_views(outputs: list) -> list:
     """Outputs without widget views (their models lived in the dropped widget state)."""
     kept = []
@@ -158,17 +202,7 @@ def make_student_notebook(nb, name: str = "notebook"):
     :raises ValueError: unbalanced or nested markers, or a code line that mentions a marker
         without being one; the message names the notebook, the cell index and the line
     """
-    if not hasattr(nb, "cells") or not hasattr(nb, "metadata"):
-        raise TypeError(
-            f"make_student_notebook expects an nbformat notebook, got {type(nb).__name__}. "
-            f"Read one with nbformat.read(path, as_version=4)."
-        )
-    if nb.get("nbformat") != 4:
-        raise ValueError(
-            f"{name}: nbformat version {nb.get('nbformat')!r}, expected 4. Convert it first with "
-            f"nbformat.read(path, as_version=4)."
-        )
-    student = copy.deepcopy(nb)
+    student = _checked_copy(nb, name, "make_student_notebook")
     student.metadata.pop("widgets", None)
     student.metadata.pop("celltoolbar", None)  # as nbgrader does
     grade_id_prefix = re.sub(r"[^A-Za-z0-9_-]", "_", name)  # nbgrader's grade_id pattern
@@ -194,20 +228,7 @@ def make_student_notebook(nb, name: str = "notebook"):
             for block in blocks:
                 solution_names.update(a or b for a, b in _DEFINED.findall(block))
         cell.source = source
-        kept = {key: cell.metadata[key] for key in _KEPT_SOLUTION_METADATA if key in cell.metadata}
-        nbgrader_metadata = {
-            "solution": True,
-            "grade": False,
-            "locked": False,
-            # an id the author gave in nbgrader is kept, so it still matches their gradebook
-            "grade_id": cell.metadata.get("nbgrader", {}).get("grade_id")
-            or f"{grade_id_prefix}-cell-{index}",
-            "schema_version": 3,
-        }
-        if cell.cell_type == "markdown":
-            # nbgrader's validator rejects a Markdown solution that is not also graded (by hand)
-            nbgrader_metadata.update(grade=True, points=0)
-        cell.metadata = nbformat.from_dict({**kept, "nbgrader": nbgrader_metadata})
+        _mark_solution_cell(cell, f"{grade_id_prefix}-cell-{index}")
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
@@ -233,11 +254,73 @@ def make_student_notebook(nb, name: str = "notebook"):
     return student
 
 
-def write_student_versions(src_dir, out_dir) -> list[Path]:
+def make_nbgrader_source(nb, name: str = "notebook"):
+    """Return an instructor notebook prepared for nbgrader's ``source/`` folder (``nb`` unchanged).
+
+    The solutions stay in; what nbgrader needs to release and grade the exercises is added:
+
+    - a cell with ``### BEGIN SOLUTION`` markers gets the same nbgrader metadata as in the student
+      version (``solution: true``, ``grade_id "<name>-cell-<index>"``);
+    - a check cell (a code cell calling ``exercises.check_...``) becomes an autograded test cell:
+      ``grade: true``, ``locked: true``, one point per check, ``grade_id "<name>-check-<index>"``,
+      and after each check line an ``assert`` of its result, so that a check that prints
+      "Not yet" or "Not done yet" (it returns False) scores nothing in ``nbgrader autograde``.
+
+    ``nbgrader generate_assignment`` then releases the same exercises as ``make student`` writes
+    (with the asserts in the check cells), and ``nbgrader autograde`` gives each solved exercise
+    its points (tests/test_nbgrader.py runs both).
+
+    :raises ValueError: as ``make_student_notebook``, for markers it could not take out
+    """
+    source_nb = _checked_copy(nb, name, "make_nbgrader_source")
+    source_nb.metadata.pop("widgets", None)
+    grade_id_prefix = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    for index, cell in enumerate(source_nb.cells):
+        if cell.cell_type not in ("code", "markdown"):
+            continue
+        where = f"{name}, cell {index} ({cell.cell_type})"
+        _, blocks = _replace_solutions(cell.source, cell.cell_type, where)  # checks the markers
+        if blocks or _is_nbgrader_solution(cell):
+            _mark_solution_cell(cell, f"{grade_id_prefix}-cell-{index}")
+            continue
+        if cell.cell_type != "code":
+            continue
+        lines, checks = [], 0
+        for line in cell.source.split("\n"):
+            lines.append(line)
+            call = _CHECK_CALL.match(line)
+            if call is None:
+                continue
+            checks += 1
+            result = call["name"] or call["call"]
+            lines.append(
+                f"{call['indent']}assert {result}, "
+                f"\"{call['check']} did not pass: read its message above, fix the exercise, run both cells again\""
+            )
+        if checks:
+            cell.source = "\n".join(lines)
+            cell.metadata = nbformat.from_dict({
+                **{key: cell.metadata[key] for key in _KEPT_SOLUTION_METADATA if key in cell.metadata},
+                "nbgrader": {
+                    "solution": False,
+                    "grade": True,
+                    "locked": True,
+                    "points": checks,
+                    "grade_id": cell.metadata.get("nbgrader", {}).get("grade_id")
+                    or f"{grade_id_prefix}-check-{index}",
+                    "schema_version": 3,
+                },
+            })
+    return source_nb
+
+
+def write_student_versions(src_dir, out_dir, *, nbgrader_source: bool = False) -> list[Path]:
     """Write the student version of every ``*.ipynb`` in ``src_dir`` to ``out_dir`` (same names).
 
     :param src_dir: the folder of instructor notebooks (not searched recursively); never modified
     :param out_dir: the folder to write to, created if missing; must not be ``src_dir``
+    :param nbgrader_source: write ``make_nbgrader_source`` versions instead (solutions kept,
+        check cells autograded), for an nbgrader course's ``source/<assignment>/`` folder
     :return: the paths written, in name order
     :raises ValueError: ``src_dir`` missing or without notebooks, ``out_dir`` equal to ``src_dir``,
         or a notebook with unbalanced markers (then nothing is written)
@@ -260,9 +343,8 @@ def write_student_versions(src_dir, out_dir) -> list[Path]:
             f"Check the path."
         )
     # convert everything first, so an error in one notebook leaves no half-written folder
-    students = [
-        make_student_notebook(nbformat.read(path, as_version=4), name=path.stem) for path in paths
-    ]
+    convert = make_nbgrader_source if nbgrader_source else make_student_notebook
+    students = [convert(nbformat.read(path, as_version=4), name=path.stem) for path in paths]
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path, student in zip(paths, students):
@@ -282,9 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("src", help="folder of instructor notebooks, e.g. notebooks")
     parser.add_argument("out", help="folder to write the student versions to, e.g. student")
+    parser.add_argument(
+        "--nbgrader-source", action="store_true",
+        help="write the instructor notebooks with nbgrader's metadata instead (solutions kept, "
+        "check cells graded), for an nbgrader course's source/<assignment>/ folder",
+    )
     args = parser.parse_args(argv)
     try:
-        written = write_student_versions(args.src, args.out)
+        written = write_student_versions(args.src, args.out, nbgrader_source=args.nbgrader_source)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

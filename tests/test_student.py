@@ -1,12 +1,14 @@
 """Tests of course_lib.student: the student versions of the notebooks.
 
 Small notebooks built here check each rule exactly; then the real notebooks are converted, every
-solution line is searched for in the student files, and one student notebook (lesson 01) is run
-from top to bottom with nbclient to show that it still runs and its checks say "Not done yet".
+solution line is searched for in the student files. That a student notebook still runs from top
+to bottom, its checks saying "Not done yet", is shown by tests/test_nbgrader.py, whose autograde
+runs lesson 01's.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -15,7 +17,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from course_lib.student import main, make_student_notebook, write_student_versions
+from course_lib.student import main, make_nbgrader_source, make_student_notebook, write_student_versions
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 MARKER = re.compile(r"^[ \t]*#+[ \t]*(BEGIN|END) SOLUTION[ \t]*$")
@@ -322,19 +324,50 @@ def test_no_solution_line_is_left_in_any_student_notebook(converted):
     assert with_markers >= 1, "no course notebook has ### BEGIN SOLUTION markers: nothing was checked"
 
 
-def test_student_version_of_lesson_01_runs_and_its_checks_say_not_done_yet(converted):
-    """The whole lesson-01 student notebook, top to bottom (about 25 s on 2 busy cores)."""
-    nbclient = pytest.importorskip("nbclient")
-    _, _, pairs, _ = converted
-    path = pairs[NOTEBOOKS / "01_forward_diffusion.ipynb"]
-    nb = nbformat.read(path, as_version=4)
-    assert any("nbgrader" in cell.metadata for cell in nb.cells), "lesson 01 has no exercise any more"
-    nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", allow_errors=False,
-        resources={"metadata": {"path": str(path.parent)}},
-    ).execute()
-    checks = [cell for cell in nb.cells if cell.cell_type == "code" and "exercises.check_" in cell.source]
-    assert checks
-    for cell in checks:
-        printed = "".join(output.get("text", "") for output in cell.outputs)
-        assert "Not done yet" in printed, cell.source
+# ---------------------------------------------------------------------------------------------
+# make_nbgrader_source: the instructor notebook with nbgrader's metadata
+# ---------------------------------------------------------------------------------------------
+
+
+def test_nbgrader_source_keeps_solutions_and_makes_check_cells_graded_tests():
+    nb = _exercise_notebook()
+    nb.cells.append(new_code_cell("ok = exercises.check_cfg(cfg_mine)\nexercises.check_ddim_step(step);"))
+    before = copy.deepcopy(nb)
+    source = make_nbgrader_source(nb, name="lesson 1")
+    assert nb == before  # the argument is not changed
+    exercise, check, plot, two_checks = source.cells[1:]
+    assert exercise.source == EXERCISE  # the solution stays
+    assert exercise.metadata["nbgrader"] == {
+        "solution": True, "grade": False, "locked": False, "grade_id": "lesson_1-cell-1", "schema_version": 3,
+    }
+    assert exercise.metadata["tags"] == ["exercise"] and exercise.outputs
+    assert check.source.split("\n") == [
+        CHECK,
+        'assert exercises.check_q_sample(q_sample_mine), "check_q_sample did not pass: read its message '
+        'above, fix the exercise, run both cells again"',
+    ]
+    assert check.metadata["nbgrader"] == {
+        "solution": False, "grade": True, "locked": True, "points": 1,
+        "grade_id": "lesson_1-check-2", "schema_version": 3,
+    }
+    assert plot.source == "show(images)" and "nbgrader" not in plot.metadata
+    lines = two_checks.source.split("\n")
+    assert lines[1].startswith("assert ok, ") and lines[3].startswith("assert exercises.check_ddim_step(step), ")
+    assert two_checks.metadata["nbgrader"]["points"] == 2
+
+
+def test_nbgrader_source_checks_markers_and_input_like_the_student_version():
+    bad = new_notebook(cells=[new_code_cell("def f():\n    ### BEGIN SOLUTION\n    return 1")])
+    with pytest.raises(ValueError, match="without a '### END SOLUTION'"):
+        make_nbgrader_source(bad, name="bad")
+    with pytest.raises(TypeError, match="make_nbgrader_source expects an nbformat notebook"):
+        make_nbgrader_source({"cells": []})
+
+
+def test_main_nbgrader_source_writes_the_solutions(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(_exercise_notebook(), src / "lesson.ipynb")
+    assert main(["--nbgrader-source", str(src), str(tmp_path / "out")]) == 0
+    written = nbformat.read(tmp_path / "out" / "lesson.ipynb", as_version=4)
+    assert written.cells[1].source == EXERCISE and written.cells[2].metadata["nbgrader"]["grade"] is True
