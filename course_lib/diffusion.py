@@ -61,7 +61,9 @@ def _gather(values: torch.Tensor, t, x: torch.Tensor, num_train_timesteps: int) 
             f"Give one timestep per item, shape ({x.shape[0]},), or a single timestep for all."
         )
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    out = values.to(device=x.device, dtype=dtype)[t.to(x.device).reshape(-1)]
+    # non_blocking: copies from the host that do not make it wait for the GPU's queue (a sampler's step
+    # then never stalls the loop)
+    out = values.to(device=x.device, dtype=dtype, non_blocking=True)[t.to(x.device, non_blocking=True).reshape(-1)]
     return out.reshape(-1, *([1] * (x.ndim - 1)))  # (B,) -> (B, 1, 1, 1)
 
 

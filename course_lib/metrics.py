@@ -40,6 +40,7 @@ __all__ = [
     "attribute_prompts",
     "clip_zero_shot_accuracy",
     "count_flops",
+    "count_kernels",
     "ForwardCost",
     "forward_cost",
     "judge_predictions",
@@ -482,6 +483,34 @@ def count_flops(fn, *args, **kwargs) -> int:
     with counter, torch.no_grad():
         fn(*args, **kwargs)
     return int(counter.get_total_flops())
+
+
+def count_kernels(fn, *args, **kwargs) -> dict[str, int]:
+    """The tensor operations that ``fn(*args, **kwargs)`` dispatches, as a GPU would launch them.
+
+    Each ATen operation that computes something (a convolution, a matrix product, an addition, a
+    GroupNorm, a copy) is one kernel launch on a GPU in eager mode, issued by the host one after
+    the other; views (``view``, ``transpose``, ``expand``, ...) only change a tensor's shape and
+    launch nothing, so they are left out. Works on the meta device (shapes only, no memory).
+
+    :param fn: any callable, e.g. a UNet; run once, without gradients
+    :return: operation name -> count, largest first (``sum(counts.values())`` is the launches)
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    metadata_only = {"_unsafe_view", "detach", "alias", "lift_fresh", "_reshape_alias", "unsqueeze_", "squeeze_"}
+    counts: dict[str, int] = {}
+
+    class Counter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not func.is_view and name not in metadata_only:
+                counts[name] = counts.get(name, 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter(), torch.no_grad():
+        fn(*args, **kwargs)
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def _flop_formulas_not_in_torch() -> dict:

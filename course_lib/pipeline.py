@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int_range, check_number, check_shape
 from .guidance import cfg
+from .nn.attention import fuse_projections as fuse_attention_projections
 from .nn.text import build_caption_tokenizer, encode_text, load_caption_tokenizer, tokenize_prompts
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
@@ -60,7 +61,7 @@ from .samplers import SAMPLER_NAMES, TIMESTEP_SPACINGS, Sampler, make_sampler, r
 from .schedules import NoiseSchedule, make_schedule
 from .train import SHAPES_TOKENIZER, checkpoint_dir
 
-__all__ = ["StableDiffusion", "SD_REPO_ID", "MINI_SD_CHECKPOINTS", "DEFAULT_TIMESTEP_SPACING", "OUTPUT_TYPES"]
+__all__ = ["StableDiffusion", "SD15_ARCHITECTURE", "TINY_ARCHITECTURE", "SD_REPO_ID", "MINI_SD_CHECKPOINTS", "DEFAULT_TIMESTEP_SPACING", "OUTPUT_TYPES"]
 
 SD_REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -128,6 +129,30 @@ SD_ALLOW_PATTERNS = ["model_index.json", "scheduler/scheduler_config.json", "tok
                      "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
 
 
+# Stable Diffusion v1.5's architecture, as its published config.json files give it: what
+# StableDiffusion.with_random_weights("sd15") builds (benchmarks/sd15_gpu.py, lesson 09)
+SD15_ARCHITECTURE = {
+    "unet": UNetConfig(cross_attention_dim=768, sample_size=64),  # 859,520,964 parameters
+    "vae": VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
+                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+    # transformers' CLIPTextConfig of openai/clip-vit-large-patch14's text tower
+    "text_encoder": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                     "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                     "projection_dim": 768},
+}
+# the same block layout at a width a CPU runs in seconds (tests, and the benchmark's --size tiny)
+TINY_ARCHITECTURE = {
+    "unet": UNetConfig(cross_attention_dim=32, sample_size=8, block_out_channels=(32, 32, 64, 64),
+                       norm_num_groups=16),
+    "vae": VAEConfig(block_out_channels=(16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=8,
+                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+    "text_encoder": {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+                     "projection_dim": 32},
+}
+ARCHITECTURES = {"sd15": SD15_ARCHITECTURE, "tiny": TINY_ARCHITECTURE}
+
+
 class StableDiffusion:
     """Text-to-image latent diffusion: tokenizer, text encoder, UNet, VAE and a noise schedule.
 
@@ -191,6 +216,7 @@ class StableDiffusion:
         self.variance_type = settings.get("variance_type", "fixed_small")
         self.prediction_type = settings.get("prediction_type", "epsilon")
         self._progress_bar_config: dict = {}
+        self.fast: dict | None = None  # what optimize() turned on
 
     def __repr__(self) -> str:
         return (f"StableDiffusion(unet {self.unet.config.block_out_channels}, latents "
@@ -317,6 +343,34 @@ class StableDiffusion:
         parameter = next(pipe.unet.parameters())
         return ours.to(parameter.device, parameter.dtype)
 
+    @classmethod
+    def with_random_weights(cls, architecture: str = "sd15", device: str | torch.device | None = None,
+                            dtype: torch.dtype | None = None, seed: int = 0) -> "StableDiffusion":
+        """A pipeline of the given architecture with random weights, to time and count it (no download).
+
+        :param architecture: "sd15" (Stable Diffusion v1.5's shapes: 860M-parameter UNet, 84M VAE,
+            123M text encoder) or "tiny" (the same layout, narrow); the course's caption tokenizer
+            stands in for CLIP's (77 tokens), the scheduler is SD v1.5's
+        :param device: where to build (building on the GPU initialises the weights there, fast);
+            "meta" builds without memory, to count FLOPs
+        :param dtype: e.g. torch.float16 (the weights are drawn in float32, then cast)
+        :param seed: the weights' seed
+        """
+        from transformers import CLIPTextConfig, CLIPTextModel
+
+        check_choice(architecture, tuple(ARCHITECTURES), "architecture")
+        parts = ARCHITECTURES[architecture]
+        tokenizer = build_caption_tokenizer(model_max_length=77)
+        text_config = CLIPTextConfig(**parts["text_encoder"], pad_token_id=tokenizer.pad_token_id,
+                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+        torch.manual_seed(seed)
+        with torch.device(device or "cpu"):
+            text_encoder = CLIPTextModel(text_config)
+            vae = AutoencoderKL(parts["vae"])
+            unet = UNet2DConditionModel(parts["unet"])
+        pipe = cls(tokenizer, text_encoder, vae, unet, _schedule_from_config(SD_SCHEDULER_CONFIG))
+        return pipe.to(dtype) if dtype is not None else pipe
+
     # ------------------------------------------------------------------------------ device, dtype
     @property
     def device(self) -> torch.device:
@@ -366,6 +420,60 @@ class StableDiffusion:
         self.unet.to(device=device, dtype=dtype)
         self.text_encoder.to(device=device, dtype=dtype)
         self.vae.to(device=device, dtype=vae_dtype)
+        return self
+
+    def optimize(self, dtype: torch.dtype | str | None = "auto", *, channels_last: bool = True,
+                 fuse_projections: bool = True, compile: bool | str = "auto", compile_mode: str | None = "reduce-overhead",
+                 compile_vae: bool = True, compile_options: dict | None = None) -> "StableDiffusion":
+        """The fast mode (lesson 09): the same loop and the same modules, run faster. In place; returns self.
+
+            pipe = StableDiffusion.from_pretrained(path).to("cuda").optimize()
+            images = pipe("a photo of an astronaut riding a horse")   # compiles on the first call
+
+        Each step is a technique of lesson 09, measured by benchmarks/sd15_gpu.py; none changes the
+        arithmetic beyond float rounding, and ``__call__`` reads exactly as in eager mode.
+
+        :param dtype: "auto" (float16 on CUDA, unchanged on a CPU), a dtype, or None (unchanged).
+            Half precision halves the bytes moved and runs the matrix multiplies on tensor cores.
+        :param channels_last: store the UNet's and VAE's activations as (B, H, W, C), the layout the
+            convolution kernels of cuDNN prefer; ``torch.channels_last`` on the weights and latents
+        :param fuse_projections: one matrix multiply for Q, K, V of each self-attention layer and one
+            for K, V of each cross-attention layer (``course_lib.nn.attention.fuse_projections``)
+        :param compile: compile the UNet's forward with ``torch.compile(fullgraph=True)`` (inductor
+            fuses the elementwise operations, GroupNorm and SiLU into fewer kernels); "auto": on CUDA
+            only, since compiling on a CPU takes minutes for a few per cent
+        :param compile_mode: torch.compile's mode. "reduce-overhead" (the default) also records the
+            fixed-shape UNet step as a CUDA graph and replays it, so each of the 50 steps is one launch
+            from the host instead of about a thousand; None for torch's default mode
+        :param compile_vae: compile the VAE's decoder too (when compiling)
+        :param compile_options: more keyword arguments for ``torch.compile`` (e.g. ``backend``)
+        :return: self. Changing the weights afterwards needs ``fuse_projections`` again (the fused
+            matrices are copies); to go back to the plain eager pipeline, load it again.
+        """
+        on_cuda = self.device.type == "cuda"
+        if dtype == "auto":
+            dtype = torch.float16 if on_cuda else None
+        if dtype is not None:
+            self.to(dtype=dtype)
+        # the value checks (NaN in the input) make the host wait for the GPU at every step
+        self.unet.check_values = False
+        self.vae.check_values = False
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+            self.vae.to(memory_format=torch.channels_last)
+        if fuse_projections:
+            fuse_attention_projections(self.unet)
+            fuse_attention_projections(self.vae)
+        if compile == "auto":
+            compile = on_cuda
+        if compile:
+            options = {"fullgraph": True, "mode": compile_mode, **(compile_options or {})}
+            self.unet.compile(**options)
+            if compile_vae:
+                self.vae.decoder.compile(**{**options, "mode": None} if compile_mode == "reduce-overhead" else options)
+        self.fast = {"dtype": str(self.dtype), "channels_last": channels_last, "fuse_projections": fuse_projections,
+                     "compile": bool(compile), "compile_mode": compile_mode if compile else None,
+                     "compile_vae": bool(compile and compile_vae)}
         return self
 
     def set_progress_bar_config(self, **kwargs) -> None:

@@ -93,3 +93,17 @@ def test_activation_bytes_restore_requires_grad():
 def test_repeats_must_be_positive():
     with pytest.raises(ValueError, match="repeats"):
         forward_cost(nn.Linear(2, 2), torch.randn(1, 2), repeats=0)
+
+
+def test_count_kernels_counts_what_computes_and_skips_views():
+    from course_lib.metrics import count_kernels
+
+    linear, conv = torch.nn.Linear(3, 4), torch.nn.Conv2d(3, 8, 3)
+    assert count_kernels(linear, torch.zeros(2, 3)) == {"addmm": 1}
+    assert count_kernels(lambda x: x.view(6).t().reshape(2, 3).transpose(0, 1), torch.zeros(2, 3)) == {}
+    counts = count_kernels(lambda x: torch.relu(conv(x)) + 1, torch.zeros(1, 3, 8, 8))
+    assert counts == {"convolution": 1, "relu": 1, "add": 1}
+    # on the meta device too (shapes only)
+    with torch.device("meta"):
+        big = torch.nn.Linear(4096, 4096)
+    assert count_kernels(big, torch.zeros(8, 4096, device="meta")) == {"addmm": 1}

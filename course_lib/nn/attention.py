@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Attention", "GEGLU", "FeedForward", "BasicTransformerBlock", "Transformer2DModel",
-           "attention_probs", "CrossAttentionMaps", "record_cross_attention"]
+           "attention_probs", "CrossAttentionMaps", "record_cross_attention", "fuse_projections"]
 
 
 def attention_probs(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -83,16 +83,48 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(context_dim, inner_dim, bias=bias)
         # a list so that the output projection is "to_out.0" as in diffusers' checkpoints
         self.to_out = nn.ModuleList([nn.Linear(inner_dim, query_dim), nn.Dropout(dropout)])
+        self.is_self_attention = cross_attention_dim is None
+        # fuse_projections(): [W_q; W_k; W_v] (self-attention) or [W_k; W_v] (cross-attention) as
+        # one matrix; buffers that are not saved, so the state_dict keeps diffusers' keys
+        self.register_buffer("fused_weight", None, persistent=False)
+        self.register_buffer("fused_bias", None, persistent=False)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> None:
+        """Compute Q, K and V with one matrix multiply instead of three (inference only).
+
+        Self-attention: [Q | K | V] = x [W_q | W_k | W_v]; cross-attention: [K | V] = c [W_k | W_v]
+        (Q comes from x, the others from the prompt). The same arithmetic, in one larger GEMM
+        that launches one kernel instead of three. The fused matrix is a copy taken now: after
+        changing the weights (training, loading), call it again, or ``unfuse_projections()``.
+        """
+        layers = (self.to_q, self.to_k, self.to_v) if self.is_self_attention else (self.to_k, self.to_v)
+        self.fused_weight = torch.cat([layer.weight for layer in layers])
+        self.fused_bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+
+    def unfuse_projections(self) -> None:
+        """Back to three projections (after training, say); a no-op when not fused."""
+        self.fused_weight = None
+        self.fused_bias = None
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, N, C) queries; context: (B, L, D) keys and values, ``None`` for self-attention.
 
         Returns (B, N, C).
         """
-        context = x if context is None else context
+        fused = self.fused_weight is not None
+        if fused and self.is_self_attention and context is None:
+            # one GEMM for Q, K and V (fuse_projections), then split: (B, N, 3*h*d) -> 3 x (B, N, h*d)
+            q, k, v = F.linear(x, self.fused_weight, self.fused_bias).chunk(3, dim=-1)
+            context = x
+        elif fused and not self.is_self_attention and context is not None:
+            q = self.to_q(x)
+            k, v = F.linear(context, self.fused_weight, self.fused_bias).chunk(2, dim=-1)
+        else:
+            context = x if context is None else context
+            q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (B, N, h*d), (B, L, h*d) x2
         B, N, _ = x.shape
         h = self.heads
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)  # (B, N, h*d), (B, L, h*d) x2
         q = q.view(B, -1, h, q.shape[-1] // h).transpose(1, 2)  # (B, h, N, d)
         k = k.view(B, -1, h, k.shape[-1] // h).transpose(1, 2)  # (B, h, L, d)
         v = v.view(B, -1, h, v.shape[-1] // h).transpose(1, 2)  # (B, h, L, d)
@@ -340,6 +372,16 @@ class CrossAttentionMaps:
             layer = mean[:, :, token_index].reshape(B, 1, *grid)  # (B, N) -> (B, 1, h_k, w_k)
             maps.append(F.interpolate(layer, size=size, mode="bilinear", align_corners=False)[:, 0])
         return torch.stack(maps).mean(dim=0)  # (layers, B, H, W) -> (B, H, W)
+
+
+def fuse_projections(model: nn.Module, fuse: bool = True) -> int:
+    """Call ``fuse_projections()`` (or, with ``fuse=False``, ``unfuse_projections()``) on every
+    :class:`Attention` layer of ``model`` (a UNet, a VAE); returns how many layers there were.
+    The outputs do not change beyond float rounding (tests/test_attention_fusion.py)."""
+    layers = [module for module in model.modules() if isinstance(module, Attention)]
+    for layer in layers:
+        layer.fuse_projections() if fuse else layer.unfuse_projections()
+    return len(layers)
 
 
 @contextlib.contextmanager

@@ -819,7 +819,8 @@ class UNet2DConditionModel(nn.Module):
                 f"{name} must be a single value or have shape ({batch_size},) to match the batch of "
                 f"sample, got shape {tuple(value.shape)}."
             )
-        return value.to(device).expand(batch_size)
+        # non_blocking: a copy from the host that does not make the host wait for the GPU's queue
+        return value.to(device, non_blocking=True).expand(batch_size)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
