@@ -58,7 +58,7 @@ def _per_item(value, like: torch.Tensor) -> torch.Tensor | float:
     """A number, or a (B,) / 0-d tensor reshaped to broadcast against ``like`` of shape (B, ...)."""
     if not isinstance(value, torch.Tensor):
         return value
-    value = value.to(device=like.device, dtype=like.dtype)
+    value = value.to(device=like.device, dtype=like.dtype, non_blocking=True)  # no wait for the GPU
     return value.reshape(-1, *([1] * (like.ndim - 1))) if value.ndim == 1 else value
 
 

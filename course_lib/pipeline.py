@@ -798,8 +798,10 @@ class StableDiffusion:
         # 1. the batch of two: [z_t, z_t] for [c_uncond, c] (2N, C_z, h, w)
         latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
         latent_model_input = sampler.scale_model_input(latent_model_input, t)
-        # 2. predict the noise: eps_theta(z_t, t, c)
-        noise_pred = self.unet(latent_model_input, t, encoder_hidden_states=prompt_embeds)
+        # 2. predict the noise: eps_theta(z_t, t, c) (t copied to the GPU without waiting for it: a
+        #    UNet compiled with CUDA graphs takes GPU tensors only, and the sampler keeps t on the host)
+        t_unet = t.to(latents.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+        noise_pred = self.unet(latent_model_input, t_unet, encoder_hidden_states=prompt_embeds)
         # 3. classifier-free guidance: eps = eps(z_t, c_uncond) + lambda (eps(z_t, c) - eps(z_t, c_uncond))
         if do_cfg:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
@@ -843,7 +845,8 @@ class StableDiffusion:
         """
         if len(scales) == 1:
             return scales[0]
-        per_scale = torch.tensor([max(scale, 1.0) for scale in scales], device=self.device)
+        # on the host: cfg checks the scales at every step, which on a GPU tensor would make the host wait
+        per_scale = torch.tensor([max(scale, 1.0) for scale in scales])
         return per_scale.repeat_interleave(num_images_per_prompt)
 
 
