@@ -201,14 +201,18 @@ def main(argv=None) -> dict:
         results["diffusers"] = diffusers.__version__
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 rows mean float32
 
+    def build():
+        """The course's pipeline and diffusers' copy of it, with the same weights (the same seed each time)."""
+        ours = StableDiffusion.with_random_weights(args.size, device=args.device, dtype=bench.dtype)
+        # StableDiffusion.to(float16) keeps a force_upcast VAE (SD v1.5's config says so) in float32;
+        # diffusers' StableDiffusionPipeline decodes in the pipeline's dtype: the same here, for the same work
+        ours.vae.to(bench.dtype)
+        ours.set_progress_bar_config(disable=True)
+        return ours, diffusers_copy(diffusers, ours, args.device, bench.dtype) if diffusers else None
+
     began = time.perf_counter()
-    ours = StableDiffusion.with_random_weights(args.size, device=args.device, dtype=bench.dtype)
-    ours.set_progress_bar_config(disable=True)
-    theirs = diffusers_copy(diffusers, ours, args.device, bench.dtype) if diffusers else None
+    ours, theirs = build()
     results["build_s"] = round(time.perf_counter() - began, 2)
-    # StableDiffusion.to(float16) keeps a force_upcast VAE (SD v1.5's config says so) in float32;
-    # diffusers' StableDiffusionPipeline decodes in the pipeline's dtype: the same here, for the same work
-    ours.vae.to(bench.dtype)
     results["vae_dtype"] = str(next(ours.vae.parameters()).dtype)
     results.update(flops_per_image(bench, ours))
     peak = next((value for key, value in PEAK_TFLOPS.items() if key in results["gpu"]), None) if bench.cuda else None
@@ -329,10 +333,7 @@ def main(argv=None) -> dict:
             del ours, theirs
             if bench.cuda:
                 torch.cuda.empty_cache()
-            ours = StableDiffusion.with_random_weights(args.size, device=args.device, dtype=bench.dtype)
-            ours.vae.to(bench.dtype)
-            ours.set_progress_bar_config(disable=True)
-            theirs = diffusers_copy(diffusers, ours, args.device, bench.dtype) if diffusers else None
+            ours, theirs = build()
             state.clear()
             eager(images)()
         return measure
