@@ -35,13 +35,13 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks
 
-# The guidance explorer of lesson 07 as a web page (Voila: the widgets, no code), on the course's
+# The guidance explorer of lesson 08 as a web page (Voila: the widgets, no code), on the course's
 # mini-SD; on Stable Diffusion v1.5 when COURSE_SD_PATH names a folder with its weights.
 app: $(STAMP)
 	@echo "The guidance explorer: open http://localhost:$(APP_PORT)/ in a browser (Ctrl-C stops it)."
 	$(BIN)/voila app/guidance_explorer.ipynb --port=$(APP_PORT)
 
-# Unit tests (tests/test_browser.py drives lessons 04, 07 and the app in Chromium), then every
+# Unit tests (tests/test_browser.py drives lessons 05, 08 and the app in Chromium), then every
 # notebook executed top to bottom by nbval.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15

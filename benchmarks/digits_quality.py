@@ -5,7 +5,7 @@
 Unconditional samples of digits-ddpm (50 DDIM steps) are read by the judge: how many of each
 digit, how sure the judge is, and the Fréchet distance in the judge's feature space to the test
 digits, next to the same distance for real training digits (what a perfect model would reach at
-this sample size). Then the guidance sweeps of lessons 03-04 at 10 samples per digit.
+this sample size). Then the guidance sweeps of lessons 04-05 at 10 samples per digit.
 """
 
 import json

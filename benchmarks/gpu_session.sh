@@ -4,7 +4,7 @@
 #
 #   here, once:  bash benchmarks/gpu_session.sh fetch     # wheels of benchmarks/gpu_wheels.txt -> .whl/
 #   there:       bash benchmarks/gpu_session.sh bench     # benchmarks/sd15_gpu.py, ~8 min   (carry .whl)
-#   there:       bash benchmarks/gpu_session.sh checks    # CUDA tests + lessons 07 and 09, ~4 min
+#   there:       bash benchmarks/gpu_session.sh checks    # CUDA tests + lessons 08 and 10, ~4 min
 #
 # Results and logs go to $OUT (default benchmarks/results). BENCH_BUDGET_S (default 480) bounds
 # the benchmark: what would not fit is skipped and named in its JSON.
@@ -46,7 +46,7 @@ status=0
 # 1. the tests that need CUDA: fp16 on CUDA against fp32 on the CPU, diffusers' fp16 pipeline, the fast mode
 timeout 240 python3 -m pytest -q -p no:cacheprovider -rs tests/test_pipeline.py tests/test_fast_mode.py \
     -k "cuda or optimize or fused" 2>&1 | tee -a "$log" | tail -15 || status=1
-# 2. lessons 07 and 09, every code cell, on the GPU
-timeout 400 python3 benchmarks/run_notebook_cells.py notebooks/07_stable_diffusion_pipeline.ipynb \
-    notebooks/09_making_it_fast.ipynb 2>&1 | tee -a "$log" | grep -E "^===|FAILED|GPU|s per image|synchronising" || status=1
+# 2. lessons 08 and 10, every code cell, on the GPU
+timeout 400 python3 benchmarks/run_notebook_cells.py notebooks/08_stable_diffusion_pipeline.ipynb \
+    notebooks/10_making_it_fast.ipynb 2>&1 | tee -a "$log" | grep -E "^===|FAILED|GPU|s per image|synchronising" || status=1
 exit $status

@@ -1,4 +1,4 @@
-"""Measure the shipped mini Stable Diffusion: the numbers in data/checkpoints/README.md and lesson 06.
+"""Measure the shipped mini Stable Diffusion: the numbers in data/checkpoints/README.md and lesson 07.
 
     .venv/bin/python benchmarks/minisd_quality.py [--steps 50] [--seeds 2] [--out results.json]
 

@@ -1,4 +1,4 @@
-"""Measure the four samplers on the shipped mini Stable Diffusion: the numbers quoted in lesson 08.
+"""Measure the four samplers on the shipped mini Stable Diffusion: the numbers quoted in lesson 09.
 
     .venv/bin/python benchmarks/minisd_samplers.py [--prompts 160] [--steps 5,10,20,50] [--out results.json]
 

@@ -1,6 +1,6 @@
 """Run the code cells of lessons in a plain Python process, for a machine without Jupyter.
 
-    python benchmarks/run_notebook_cells.py notebooks/07_stable_diffusion_pipeline.ipynb notebooks/09_making_it_fast.ipynb
+    python benchmarks/run_notebook_cells.py notebooks/08_stable_diffusion_pipeline.ipynb notebooks/10_making_it_fast.ipynb
 
 Each notebook's code cells run in order in one namespace, from the notebooks folder (as Jupyter
 runs them), with matplotlib drawing to no screen. Prints each cell's time and printed output,

@@ -20,7 +20,7 @@ is stopped keeps what it measured):
 4. a guidance sweep, 4 scales for one prompt in one batched call against 4 single calls
    (``sweep_ratio`` = batched / four single; fast mode);
 5. the same as 2 and 3 with 4 images per prompt;
-6. the technique ladder of lesson 09, 1 image each: float32, float16, no value checks,
+6. the technique ladder of lesson 10, 1 image each: float32, float16, no value checks,
    channels_last, fused projections, then optimize() (compiled, CUDA graphs).
 
 Times are the median of ``--repeats`` calls after a warm-up call, wall clock around
@@ -339,7 +339,7 @@ def main(argv=None) -> dict:
         return measure
     bench.step("eager_4img", 4 * eager_s + 30, eager_again(4))
 
-    # 6. the ladder of lesson 09, 1 image each, on a freshly built pipeline
+    # 6. the ladder of lesson 10, 1 image each, on a freshly built pipeline
     def ladder():
         nonlocal ours
         torch._dynamo.reset()

@@ -7,14 +7,14 @@ in this list):
     captions    the shapes world: shapes, colours, sizes, positions, the caption template
     schedules   the noise schedule beta_t, alpha_t, alpha_bar_t            (lesson 01)
     diffusion   q(x_t | x_0), the x0 / eps / score / v conversions, losses (lessons 01-02)
-    samplers    DDPM, DDIM, Euler, DPM-Solver++(2M)                        (lessons 02, 08)
-    guidance    classifier guidance and classifier-free guidance          (lessons 03-04)
+    samplers    DDPM, DDIM, Euler, DPM-Solver++(2M)                        (lessons 02, 09)
+    guidance    classifier guidance and classifier-free guidance          (lessons 04-05)
     nn/         the networks (UNet, classifiers, VAE, caption tokenizer and tiny CLIP)
     datasets    digits and shapes-with-captions
     train       training loop, recipes, safetensors checkpoints with resume
     pretrained  loading the course's shipped checkpoints
     metrics     judge accuracy, diversity, Frechet distance, PSNR
-    experiments the measured guidance sweeps of lessons 03-04, cached
+    experiments the measured guidance sweeps of lessons 04-05, cached
     viz         image grids and plots
     exercises   the checks of the self-grading exercises
     student     student versions of the notebooks (make student)

@@ -46,7 +46,7 @@ NEEDED_CHECKPOINTS = {
     ("mini-sd", "cfg"): ("shapes-vae", "shapes-clip", "shapes-ldm"),
     ("mini-sd", "none"): ("shapes-vae", "shapes-clip", "shapes-ldm"),
 }
-# the default guidance scale of each method (lessons 03-04 measure these choices)
+# the default guidance scale of each method (lessons 04-05 measure these choices)
 DEFAULT_GUIDANCE_SCALE = {"cfg": 3.0, "classifier": 5.0}
 MINI_SD_GUIDANCE_SCALE = 7.5  # Stable Diffusion's usual guidance_scale
 DISPLAY_SIZE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
@@ -157,8 +157,8 @@ def _check_generate_args(args) -> None:
         if args.label is not None:
             raise ValueError(
                 "--label needs guidance: the unconditional model 'digits-ddpm' (--guidance none) cannot be told "
-                "which digit to draw. Add --guidance cfg (classifier-free, lesson 04) or --guidance classifier "
-                "(lesson 03), or leave out --label."
+                "which digit to draw. Add --guidance cfg (classifier-free, lesson 05) or --guidance classifier "
+                "(lesson 04), or leave out --label."
             )
         if args.guidance_scale is not None:
             raise ValueError("--guidance-scale has no effect with --guidance none. Leave it out, or choose a guidance.")
@@ -200,7 +200,7 @@ def _save_images(args, images: torch.Tensor, scale: int) -> Path:
 
 
 def _generate_mini_sd(args, device: torch.device) -> int:
-    """--model mini-sd: the course's StableDiffusion pipeline (lesson 07) on the mini SD checkpoints."""
+    """--model mini-sd: the course's StableDiffusion pipeline (lesson 08) on the mini SD checkpoints."""
     from .pipeline import StableDiffusion
 
     pipe = StableDiffusion.from_course("mini-sd", directory=args.checkpoint_dir, device=device)

@@ -1,11 +1,11 @@
 """The course's two data sets, both made on the learner's machine with no download.
 
 **digits** -- scikit-learn's bundled handwritten digits (1,797 real images, 8x8, 10 classes),
-upsampled to 16x16 and scaled to [-1, 1] (lessons 01-04).
+upsampled to 16x16 and scaled to [-1, 1] (lessons 01-05).
 
 **shapes with captions** -- generated 64x64 RGB pictures of one solid shape on black, with a
-caption that says what is in them (lessons 05-08). Every green triangle and every blue circle is
-held out of the training split, so lesson 06 can ask a text-conditioned model for a combination
+caption that says what is in them (lessons 06-09). Every green triangle and every blue circle is
+held out of the training split, so lesson 07 can ask a text-conditioned model for a combination
 it never saw.
 
 Both reach the notebooks as ``datasets.Dataset`` objects; ``digits_tensors`` and

@@ -1,4 +1,4 @@
-"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-08).
+"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-09).
 
 In each exercise the learner writes a function between nbgrader's ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` markers, and the next cell checks it:
@@ -511,7 +511,7 @@ def check_ddim_step(fn: Callable) -> bool:
     )
 
 
-# ============================================================================ lesson 03
+# ============================================================================ lesson 04
 # (shape, timesteps, scale λ, target labels y); t mid-range, where ᾱ_t is far from 0 and 1
 _GUIDANCE_CASES = [
     ((1, 1, 8, 8), [300], 2.0, [3]),
@@ -544,7 +544,7 @@ def _guidance_inputs(seed: int, shape, timesteps, labels):
 
 
 def check_classifier_guided_eps(fn: Callable) -> bool:
-    """Check ``fn(eps, grad_log_prob, alpha_bar_t, scale) -> eps_hat`` (lesson 03).
+    """Check ``fn(eps, grad_log_prob, alpha_bar_t, scale) -> eps_hat`` (lesson 04).
 
     ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇_{x_t} log p(y | x_t) (Dhariwal & Nichol 2021, Algorithm 2).
 
@@ -592,7 +592,7 @@ def check_classifier_guided_eps(fn: Callable) -> bool:
 
 
 def check_bayes_score(fn: Callable) -> bool:
-    """Check ``fn(score_uncond, grad_log_p_y_given_x, scale) -> conditional score`` (lesson 03).
+    """Check ``fn(score_uncond, grad_log_p_y_given_x, scale) -> conditional score`` (lesson 04).
 
     Bayes' rule with a weight λ on the classifier (notes, eq. 3-5):
     ∇log p(x_t | y) = ∇log p(x_t) + λ·∇log p(y | x_t).
@@ -640,12 +640,12 @@ def check_bayes_score(fn: Callable) -> bool:
     )
 
 
-# ============================================================================ lesson 04
+# ============================================================================ lesson 05
 _CFG_CASES = [((1, 4, 8, 8), 7.5), ((3, 1, 16, 16), 2.0), ((2, 3, 8, 8), 1.0)]
 
 
 def check_cfg(fn: Callable) -> bool:
-    """Check ``fn(eps_uncond, eps_cond, guidance_scale) -> guided eps`` (lesson 04).
+    """Check ``fn(eps_uncond, eps_cond, guidance_scale) -> guided eps`` (lesson 05).
 
     Diffusers' convention: ε̃ = ε_uncond + s·(ε_cond - ε_uncond); s = 1 is no guidance, and
     Ho & Salimans' weight is w = s - 1.
@@ -757,7 +757,7 @@ def _batch_of_two_exception_hint(error: BaseException) -> str:
 
 
 def check_batch_of_two(fn: Callable) -> bool:
-    """Check ``fn(model, x, t, labels, null_label) -> (eps_uncond, eps_cond)``, the batch-of-two trick (lesson 04).
+    """Check ``fn(model, x, t, labels, null_label) -> (eps_uncond, eps_cond)``, the batch-of-two trick (lesson 05).
 
     The function must call the model once, on ``torch.cat([x, x])`` with the null label for the
     first half, and split the output with ``chunk(2)``; the check counts the model's calls and
@@ -823,7 +823,7 @@ def check_batch_of_two(fn: Callable) -> bool:
     return True
 
 
-# ============================================================================ lesson 05
+# ============================================================================ lesson 06
 # (shape of mu and log sigma^2, seed): a batch of 2 first, so that a per-batch number differs from a per-image one
 _POSTERIOR_CASES = [((2, 4, 8, 8), 0), ((3, 4, 8, 8), 1), ((1, 2, 4, 6), 2)]
 
@@ -840,7 +840,7 @@ def _shape_text(shape: tuple) -> str:
 
 
 def check_kl_diagonal_gaussian(fn: Callable) -> bool:
-    """Check ``fn(mean, logvar) -> KL(N(mu, sigma^2) || N(0, I))`` per image (lesson 05).
+    """Check ``fn(mean, logvar) -> KL(N(mu, sigma^2) || N(0, I))`` per image (lesson 06).
 
     KL = 1/2 Σ_{c,h,w} (μ² + σ² - 1 - log σ²), summed over the latent's C, H, W, one number per
     image: what ``DiagonalGaussianDistribution.kl()`` returns and the VAE's loss weights by 1e-6.
@@ -901,7 +901,7 @@ def check_kl_diagonal_gaussian(fn: Callable) -> bool:
 
 
 def check_reparameterise(fn: Callable) -> bool:
-    """Check ``fn(mean, logvar, eps) -> z = μ + σ·ε`` with σ = exp(logvar / 2) (lesson 05).
+    """Check ``fn(mean, logvar, eps) -> z = μ + σ·ε`` with σ = exp(logvar / 2) (lesson 06).
 
     The reparameterisation trick: a sample of q(z | x) = N(μ, σ²) written as a function of μ, σ
     and noise ε ~ N(0, I) drawn apart from them, so gradients reach μ and σ. The check draws ε
@@ -952,7 +952,7 @@ def check_reparameterise(fn: Callable) -> bool:
     )
 
 
-# ============================================================================ lesson 06
+# ============================================================================ lesson 07
 # (batch, heads, N image positions, L prompt tokens, d channels per head). The first case has
 # L == d, so Q K (K not transposed) runs and gives a wrong value the check can name; all have
 # N != L, so a softmax over the wrong axis is told apart, and the second has L != d (sqrt(L)).
@@ -971,7 +971,7 @@ def _attention_exception_hint(error: BaseException) -> str:
 
 
 def check_cross_attention(fn: Callable) -> bool:
-    """Check ``fn(q, k, v) -> softmax(Q Kᵀ / √d) V`` per head (lesson 06).
+    """Check ``fn(q, k, v) -> softmax(Q Kᵀ / √d) V`` per head (lesson 07).
 
     Cross-attention: the queries come from the image positions, the keys and values from the
     prompt's tokens. The inputs are already split into heads, as inside the UNet's ``attn2``.
@@ -1037,7 +1037,7 @@ _CONTRASTIVE_FORMULA = ("logits = logit_scale.exp() * image_embeds @ text_embeds
 
 
 def check_clip_contrastive_loss(fn: Callable) -> bool:
-    """Check ``fn(image_embeds, text_embeds, logit_scale) -> CLIP's symmetric contrastive loss`` (lesson 06).
+    """Check ``fn(image_embeds, text_embeds, logit_scale) -> CLIP's symmetric contrastive loss`` (lesson 07).
 
     With s_ij = exp(logit_scale) v_i · t_j, the loss is the mean of the cross-entropy along the
     rows (each image picks its caption) and along the columns (each caption picks its image),
@@ -1110,7 +1110,7 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
     )
 
 
-# ============================================================================ lesson 07
+# ============================================================================ lesson 08
 class _ToyTextDenoiser(nn.Module):
     """A text-conditioned stand-in with the course UNet's signature and argument checks.
 
@@ -1166,7 +1166,7 @@ def _guided_noise_exception_hint(error: BaseException) -> str:
 
 
 def check_guided_noise(fn: Callable) -> bool:
-    """Check ``fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale) -> eps`` (lesson 07).
+    """Check ``fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale) -> eps`` (lesson 08).
 
     The heart of ``StableDiffusionPipeline.__call__``: one UNet pass over the batch of two,
     latents ``[z_t, z_t]`` with text states ``[c_neg, c]`` (the negative prompt first), the output
@@ -1272,9 +1272,9 @@ _DECODE_RECIPE = ("images = vae.decode(latents / vae.config.scaling_factor); "
 
 
 def check_decode_latents(fn: Callable) -> bool:
-    """Check ``fn(vae, latents) -> images in [0, 1]``, steps 8 and 10 of the pipeline (lesson 07).
+    """Check ``fn(vae, latents) -> images in [0, 1]``, steps 8 and 10 of the pipeline (lesson 08).
 
-    The UNet works on s·z (s = ``vae.config.scaling_factor``, lesson 05), so the loop's latents are
+    The UNet works on s·z (s = ``vae.config.scaling_factor``, lesson 06), so the loop's latents are
     divided by s before the decoder, and the decoder's [-1, 1] is mapped to [0, 1] and clipped.
 
     :param fn: the learner's function; ``vae`` has ``config.scaling_factor`` and ``decode(z)``,
@@ -1295,7 +1295,7 @@ def check_decode_latents(fn: Callable) -> bool:
                 ("you multiplied by the scaling factor; divide: z = latents / vae.config.scaling_factor.",
                  lambda: (vae.decode(latents * s) / 2 + 0.5).clamp(0, 1)),
                 ("use this VAE's own vae.config.scaling_factor; 0.18215 is SD v1.x's, and the course's VAE "
-                 "measured its own in lesson 05.",
+                 "measured its own in lesson 06.",
                  lambda: (vae.decode(latents / 0.18215) / 2 + 0.5).clamp(0, 1)),
                 ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5.", lambda: decoded),
                 ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5 (then clamp).",
@@ -1336,7 +1336,7 @@ def check_decode_latents(fn: Callable) -> bool:
     )
 
 
-# ============================================================================ lesson 08
+# ============================================================================ lesson 09
 # (shape, sampling steps n, timestep spacing, grid positions i of the steps checked); the last
 # position of each grid is the final step, down to σ_next = 0
 _EULER_CASES = [((1, 4, 8, 8), 50, "leading", [10]), ((3, 4, 8, 8), 20, "linspace", [0, 9, 19]),
@@ -1344,7 +1344,7 @@ _EULER_CASES = [((1, 4, 8, 8), 50, "leading", [10]), ((3, 4, 8, 8), 20, "linspac
 
 
 def check_euler_step(fn: Callable) -> bool:
-    """Check one Euler step on the probability-flow ODE in σ, ``fn(x, eps, sigma, sigma_next) -> x_next`` (lesson 08).
+    """Check one Euler step on the probability-flow ODE in σ, ``fn(x, eps, sigma, sigma_next) -> x_next`` (lesson 09).
 
     In the variable x = x_t / sqrt(ᾱ_t) = x_0 + σ ε the ODE is dx/dσ = ε_θ, so Euler's method steps
     x_next = x + (σ_next - σ) ε (Karras et al. 2022, Algorithm 1 without its second-order correction).
@@ -1411,7 +1411,7 @@ _IMG2IMG_CASES = [("ddim", "leading", 50, 0.6), ("dpmsolver", "linspace", 10, 0.
 
 
 def check_img2img_timesteps(fn: Callable) -> bool:
-    """Check ``fn(timesteps, strength) -> the timesteps img2img runs`` (lesson 08).
+    """Check ``fn(timesteps, strength) -> the timesteps img2img runs`` (lesson 09).
 
     As diffusers' ``StableDiffusionImg2ImgPipeline`` (and ``StableDiffusion.img2img``): of the n
     timesteps, the last k = int(n · strength) are run, from position n - k on; the image is noised

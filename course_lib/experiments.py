@@ -1,9 +1,9 @@
-"""The measured experiments of lessons 03-04 and 08: guidance sweeps on the digits and the sampler
+"""The measured experiments of lessons 04-05 and 09: guidance sweeps on the digits and the sampler
 sweep of the mini Stable Diffusion (``sampler_sweep``), cached on disk.
 
 A sweep samples 10 * per_class digits (per_class of each class) at every guidance strength, all
 strengths in ONE batched sampling run (the guidance scale may differ per image), and scores each
-strength with the judge (``metrics.sample_report``). Lesson 03 sweeps classifier guidance, lesson 04
+strength with the judge (``metrics.sample_report``). Lesson 04 sweeps classifier guidance, lesson 05
 classifier-free guidance and compares the two; ``tests/test_guidance_targets.py`` checks the
 targets with the same function.
 
@@ -140,7 +140,7 @@ def guidance_sweep(method: str, strengths, per_class: int = 5, steps: int = 50, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 08: the four samplers against the number of steps, on the mini Stable Diffusion
+# Lesson 09: the four samplers against the number of steps, on the mini Stable Diffusion
 # ----------------------------------------------------------------------------------------------
 
 # the checkpoints a sampler sweep depends on: the mini SD's three parts and the shapes judge
@@ -217,7 +217,7 @@ def _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed) -> st
 def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10, 20, 50), num_prompts: int = 16,
                   guidance_scale: float = 7.5, seed: int = 0, progress: bool = True,
                   use_cache: bool = True) -> SamplerSweepResult:
-    """Sample the mini SD with every sampler at every number of steps and score the pictures (lesson 08).
+    """Sample the mini SD with every sampler at every number of steps and score the pictures (lesson 09).
 
     Every run takes the same ``num_prompts`` prompts (:func:`sweep_prompts`, one picture each) and
     the same starting noise z_T (``torch.Generator().manual_seed(seed)``), with classifier-free

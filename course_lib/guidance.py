@@ -1,4 +1,4 @@
-"""Guidance: classifier guidance (lesson 03) and classifier-free guidance (lesson 04).
+"""Guidance: classifier guidance (lesson 04) and classifier-free guidance (lesson 05).
 
 Both steer sampling toward a label y by adding to the score. From Bayes' rule (notes, eq. 3)
 
@@ -165,7 +165,7 @@ def classifier_guided_mean(mean: torch.Tensor, variance, grad: torch.Tensor, sca
 
 
 def cfg_denoiser(unet: Callable[..., torch.Tensor], labels: torch.Tensor, scale, null_label: int):
-    """A classifier-free-guided denoiser for a class-conditional UNet (lesson 04).
+    """A classifier-free-guided denoiser for a class-conditional UNet (lesson 05).
 
     One forward pass over the batch of two, ``cat([x, x])`` with labels ``[null, y]``, then
     ``chunk(2)`` into the unconditional and conditional predictions and :func:`cfg` (the trick
@@ -204,7 +204,7 @@ def classifier_guided_denoiser(
     scale,
     sampler: Sampler,
 ):
-    """A classifier-guided denoiser: an unconditional UNet steered by a noise-aware classifier (lesson 03).
+    """A classifier-guided denoiser: an unconditional UNet steered by a noise-aware classifier (lesson 04).
 
     Works with every sampler: ``sample_loop`` hands the denoiser ``sampler.scale_model_input(x, t)``,
     which is x_t itself (for Euler it is x / sqrt(sigma^2 + 1), the x_t the networks were trained

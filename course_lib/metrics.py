@@ -1,6 +1,6 @@
-"""Numbers that say how good generated images are (lessons 03-05).
+"""Numbers that say how good generated images are (lessons 04-06).
 
-Lessons 03 and 04 ask "does classifier guidance give better digits, and what does it cost in
+Lessons 04 and 05 ask "does classifier guidance give better digits, and what does it cost in
 diversity?". Looking at a grid is not an answer, so the course measures:
 
     judge accuracy      does a separate classifier of clean digits (the *judge*, never the guidance
@@ -8,8 +8,8 @@ diversity?". Looking at a grid is not an answer, so the course measures:
     diversity           how far apart are samples of the same class (guidance trades this away)?
     Fréchet distance    how far is the distribution of samples from the distribution of real
                         digits, in the judge's feature space?
-    PSNR                how close is a reconstruction to its original (the autoencoder, lesson 05)?
-    forward cost        FLOPs, time and activation memory of one network call (why latents, lesson 05)
+    PSNR                how close is a reconstruction to its original (the autoencoder, lesson 06)?
+    forward cost        FLOPs, time and activation memory of one network call (why latents, lesson 06)
 
 The Fréchet distance here is computed in the feature space of the course's small digit judge. It
 is the same formula as FID, but FID means "in the feature space of one specific Inception-v3", so
@@ -334,7 +334,7 @@ def judge_frechet_distance(
 
 def sample_report(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor, reference_images: torch.Tensor,
                   num_classes: int = 10) -> dict:
-    """All the numbers of lessons 03-04 for one batch of class-conditional samples.
+    """All the numbers of lessons 04-05 for one batch of class-conditional samples.
 
     :param judge: the evaluation classifier (``JudgeClassifier``), never the guidance classifier
     :param images: (N, C, H, W) samples in [-1, 1]
@@ -445,7 +445,7 @@ def clip_zero_shot_accuracy(model, split: str = "test", num_images: int | None =
 
 
 # ---------------------------------------------------------------------------------------------
-# The cost of one forward pass (lesson 05: why latents)
+# The cost of one forward pass (lesson 06: why latents)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -660,12 +660,12 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
 
 
 # ---------------------------------------------------------------------------------------------
-# The shapes world: the judge's four heads (lessons 05-06)
+# The shapes world: the judge's four heads (lessons 06-07)
 # ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------
-# The shapes world: Fréchet distance in the tiny CLIP's image features (lesson 08)
+# The shapes world: Fréchet distance in the tiny CLIP's image features (lesson 09)
 # ---------------------------------------------------------------------------------------------
 
 

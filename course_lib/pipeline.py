@@ -1,4 +1,4 @@
-"""Stable Diffusion: prompt -> image, the sampling loop of lesson 07.
+"""Stable Diffusion: prompt -> image, the sampling loop of lesson 08.
 
 ``StableDiffusion`` holds the four parts of a latent diffusion model and runs the loop of
 diffusers' ``StableDiffusionPipeline.__call__`` in the same order, one readable method per step:
@@ -66,7 +66,7 @@ __all__ = ["StableDiffusion", "SD15_ARCHITECTURE", "TINY_ARCHITECTURE", "SD_REPO
 SD_REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OUTPUT_TYPES = ("pil", "np", "latent")
 
-# The mini Stable Diffusion of lessons 05-06: part -> checkpoint name, in the order they are trained
+# The mini Stable Diffusion of lessons 06-07: part -> checkpoint name, in the order they are trained
 # (the latent UNet is trained on the VAE's latents and the CLIP's text states).
 MINI_SD_CHECKPOINTS = {"vae": "shapes-vae", "text_encoder": "shapes-clip", "unet": "shapes-ldm"}
 MINI_SD_TOKENIZER = SHAPES_TOKENIZER  # a folder, written by the shapes-clip recipe; without it the deterministic build_caption_tokenizer()
@@ -130,7 +130,7 @@ SD_ALLOW_PATTERNS = ["model_index.json", "scheduler/scheduler_config.json", "tok
 
 
 # Stable Diffusion v1.5's architecture, as its published config.json files give it: what
-# StableDiffusion.with_random_weights("sd15") builds (benchmarks/sd15_gpu.py, lesson 09)
+# StableDiffusion.with_random_weights("sd15") builds (benchmarks/sd15_gpu.py, lesson 10)
 SD15_ARCHITECTURE = {
     "unet": UNetConfig(cross_attention_dim=768, sample_size=64),  # 859,520,964 parameters
     "vae": VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
@@ -425,12 +425,12 @@ class StableDiffusion:
     def optimize(self, dtype: torch.dtype | str | None = "auto", *, channels_last: bool = True,
                  fuse_projections: bool = True, compile: bool | str = "auto", compile_mode: str | None = "reduce-overhead",
                  compile_vae: bool = True, compile_options: dict | None = None) -> "StableDiffusion":
-        """The fast mode (lesson 09): the same loop and the same modules, run faster. In place; returns self.
+        """The fast mode (lesson 10): the same loop and the same modules, run faster. In place; returns self.
 
             pipe = StableDiffusion.from_pretrained(path).to("cuda").optimize()
             images = pipe("a photo of an astronaut riding a horse")   # compiles on the first call
 
-        Each step is a technique of lesson 09, measured by benchmarks/sd15_gpu.py; none changes the
+        Each step is a technique of lesson 10, measured by benchmarks/sd15_gpu.py; none changes the
         arithmetic beyond float rounding, and ``__call__`` reads exactly as in eager mode.
 
         :param dtype: "auto" (float16 on CUDA, unchanged on a CPU), a dtype, or None (unchanged).

@@ -1,4 +1,4 @@
-"""Samplers: DDPM, DDIM, Euler and DPM-Solver++(2M) (lessons 02 and 08).
+"""Samplers: DDPM, DDIM, Euler and DPM-Solver++(2M) (lessons 02 and 09).
 
 A sampler turns a noise prediction eps_theta(x_t, t) into the next, less noisy sample. All four
 share one interface, the one of diffusers' schedulers (so a learner can read

@@ -227,7 +227,7 @@ def class_conditional_eps_loss(model: nn.Module, batch: dict, schedule: NoiseSch
 
 
 def _digits_unet(num_class_embeds: int | None) -> dict:
-    """The small UNet of lessons 02-04: 16x16 -> 8x8 -> 4x4, no attention.
+    """The small UNet of lessons 02-05: 16x16 -> 8x8 -> 4x4, no attention.
 
     Sized for a 2-core CPU: the 16x16 level costs most, so it has only 16 channels (measured:
     about 0.3 s per training step at batch 64 on one thread, against 0.75 s with 32 channels).
@@ -275,7 +275,7 @@ _register(Recipe(
 
 _register(Recipe(
     name="digits-cfg",
-    description="class-conditional DDPM on the digits with label dropout p_uncond=0.1 (lesson 04)",
+    description="class-conditional DDPM on the digits with label dropout p_uncond=0.1 (lesson 05)",
     network="UNet2DConditionModel",
     network_config=_digits_unet(num_class_embeds=11),
     data=_digits_train_data,
@@ -322,7 +322,7 @@ def _judge_test_accuracy(model) -> dict:
 
 _register(Recipe(
     name="digits-noisy-classifier",
-    description="noise-aware digit classifier p(y | x_t, t) for classifier guidance (lesson 03)",
+    description="noise-aware digit classifier p(y | x_t, t) for classifier guidance (lesson 04)",
     network="NoisyClassifier",
     network_config=ClassifierConfig().to_dict(),
     data=_digits_train_data,
@@ -340,7 +340,7 @@ _register(Recipe(
 
 _register(Recipe(
     name="digits-judge",
-    description="clean-digit classifier that only evaluates samples, never guides (lessons 03-04)",
+    description="clean-digit classifier that only evaluates samples, never guides (lessons 04-05)",
     network="JudgeClassifier",
     network_config=JudgeConfig().to_dict(),
     data=_digits_train_data,
@@ -358,7 +358,7 @@ _register(Recipe(
 
 
 # ---------------------------------------------------------------------------------------------
-# The shapes world (lessons 05-08): the judge, the autoencoder, the tiny CLIP, the latent UNet
+# The shapes world (lessons 06-09): the judge, the autoencoder, the tiny CLIP, the latent UNet
 # ---------------------------------------------------------------------------------------------
 
 SHAPES_JUDGE_HEADS = {name: len(values) for name, values in ATTRIBUTES.items()}  # shape 3, color 6, size 2, position 5
@@ -482,7 +482,7 @@ def _shapes_vae_evaluate(model: AutoencoderKL) -> dict:
 
 _register(Recipe(
     name="shapes-vae",
-    description="KL autoencoder 64x64x3 -> 8x8x4 (SD's factor 8 and 4 channels) on the shapes (lesson 05)",
+    description="KL autoencoder 64x64x3 -> 8x8x4 (SD's factor 8 and 4 channels) on the shapes (lesson 06)",
     network="AutoencoderKL",
     network_config=VAEConfig(
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -542,7 +542,7 @@ def _shapes_clip_evaluate(model) -> dict:
 
 _register(Recipe(
     name="shapes-clip",
-    description="tiny CLIP (transformers' CLIPModel) trained contrastively on shapes and captions (lesson 06)",
+    description="tiny CLIP (transformers' CLIPModel) trained contrastively on shapes and captions (lesson 07)",
     network="CLIPModel",
     network_config=_shapes_clip_config,
     data=_shapes_clip_data,
@@ -655,7 +655,7 @@ SHAPES_LDM_LAYERS = 1
 _register(Recipe(
     name="shapes-ldm",
     description="latent diffusion UNet of the mini Stable Diffusion: shapes-vae latents, shapes-clip text, "
-                "caption dropout (lesson 06)",
+                "caption dropout (lesson 07)",
     network="UNet2DConditionModel",
     network_config=_shapes_ldm_unet,
     data=_shapes_ldm_data,

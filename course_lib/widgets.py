@@ -1,4 +1,4 @@
-"""ipywidgets explorers for the notebooks: the guidance-scale explorer of lesson 07.
+"""ipywidgets explorers for the notebooks: the guidance-scale explorer of lesson 08.
 
 ``guidance_explorer(pipe)`` shows one prompt at several guidance scales. All the scales are
 sampled together, **one batched pass** of ``pipe(prompt, guidance_scale=[1, 2, 3, 5, 7.5, 10])``

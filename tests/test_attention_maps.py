@@ -1,4 +1,4 @@
-"""Tests of course_lib.nn.attention's attention_probs and record_cross_attention (lesson 06).
+"""Tests of course_lib.nn.attention's attention_probs and record_cross_attention (lesson 07).
 
 The recorded weights must be exactly the softmax(Q K^T / sqrt(d)) that the layers used (checked
 against torch's own scaled_dot_product_attention), recording must not change the model's output

@@ -1,4 +1,4 @@
-"""The widgets in a real browser: lessons 04 and 07 in JupyterLab, and the Voilà guidance explorer.
+"""The widgets in a real browser: lessons 05 and 08 in JupyterLab, and the Voilà guidance explorer.
 
 JupyterLab (with a random token) and Voilà are started on 127.0.0.1, on copies of the notebooks
 with their outputs cleared, so the committed notebooks are never written to. Debian's Chromium
@@ -9,8 +9,8 @@ Each lesson is run as a learner runs it (Run > Run All Cells); then the guidance
 with the arrow keys on its handle, and the test checks that the picture changed and that no
 error appeared. The Voilà page must show the explorer and no code. The three runs are started
 together by one fixture (their kernels run on one thread each), and each test then waits for its
-own page: the module takes about as long as lesson 04 alone (on a busy 2-core CPU about 95 s,
-170 s when lesson 04's guidance sweeps are not yet in artifacts/cache/, which the run fills).
+own page: the module takes about as long as lesson 05 alone (on a busy 2-core CPU about 95 s,
+170 s when lesson 05's guidance sweeps are not yet in artifacts/cache/, which the run fills).
 
 Screenshots go to ``artifacts/browser/`` (git-ignored): ``<name>.png`` (the widget after the
 move), ``<name>-image-before.png`` and ``-after.png``; on a failure ``<name>-failure.png`` (the
@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 APP = ROOT / "app" / "guidance_explorer.ipynb"
 ARTIFACTS = ROOT / "artifacts" / "browser"
-LESSON_04 = "04_classifier_free_guidance.ipynb"
-LESSON_07 = "07_stable_diffusion_pipeline.ipynb"
+LESSON_05 = "05_classifier_free_guidance.ipynb"
+LESSON_08 = "08_stable_diffusion_pipeline.ipynb"
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -48,14 +48,14 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="Playwright for Python is not installed: pip install -e '.[test]'")
 
 SERVER_START_S = 90   # JupyterLab or Voilà answering, a kernel started (about 10 s on a busy 2-core machine)
-RUN_S = 300           # a notebook run to the end: lesson 04 takes 1-2 minutes on a 2-core CPU
+RUN_S = 300           # a notebook run to the end: lesson 05 takes 1-2 minutes on a 2-core CPU
 WIDGET_S = 30         # a slider move shows a cached picture: well under a second
 VIEWPORT = {"width": 1280, "height": 1800}   # tall: a whole explorer fits on screen, and in its screenshot
 
-# Lesson 04 builds its slider and picture with plain ipywidgets: they are found by the slider's
+# Lesson 05 builds its slider and picture with plain ipywidgets: they are found by the slider's
 # label, as a learner finds them. course_lib.widgets marks its widgets with CSS classes.
-LESSON_04_SLIDER = ".widget-slider:has(> label.widget-label:text-is('guidance'))"
-LESSON_04_IMAGE = ".widget-vbox:has(.widget-slider) img.widget-image"
+LESSON_05_SLIDER = ".widget-slider:has(> label.widget-label:text-is('guidance'))"
+LESSON_05_IMAGE = ".widget-vbox:has(.widget-slider) img.widget-image"
 EXPLORER = ".course-guidance-explorer"
 EXPLORER_SLIDER = ".course-guidance-slider"
 EXPLORER_IMAGE = ".course-guidance-image"
@@ -167,13 +167,13 @@ def _lab_settings(folder: Path) -> None:
 
 
 def _start_servers(servers: dict, tmp: Path, lab: bool, voila: bool) -> None:
-    """Start JupyterLab on cleared copies of lessons 04 and 07 and Voilà on a cleared copy of the
+    """Start JupyterLab on cleared copies of lessons 05 and 08 and Voilà on a cleared copy of the
     app, into ``servers`` (so that the caller stops whatever started, even after a failure)."""
     env = _server_env(tmp)
     if lab:
         root = tmp / "notebooks"
         root.mkdir()
-        for name in (LESSON_04, LESSON_07):
+        for name in (LESSON_05, LESSON_08):
             if (NOTEBOOKS / name).is_file():
                 _cleared_copy(NOTEBOOKS / name, root / name)
         _lab_settings(tmp / "lab-settings")
@@ -235,13 +235,13 @@ def _open_and_run_all(page, lab: Server, notebook: str, workspace: str) -> None:
 
 
 # the run each test looks at
-RUN_OF_TEST = {"test_lesson_04_guidance_slider": "lesson04", "test_lesson_07_guidance_explorer": "lesson07",
+RUN_OF_TEST = {"test_lesson_05_guidance_slider": "lesson05", "test_lesson_08_guidance_explorer": "lesson08",
                "test_voila_guidance_explorer": "voila"}
 
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """JupyterLab and Voilà started together; lessons 04 and 07 and the Voilà page set running
+    """JupyterLab and Voilà started together; lessons 05 and 08 and the Voilà page set running
     together, each in a page of its own (only those of the selected tests). The tests then wait
     for their page."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -250,10 +250,10 @@ def runs(request, tmp_path_factory):
     servers, runs, playwright = {}, {}, None
     try:
         _start_servers(servers, tmp_path_factory.mktemp("browser"),
-                       lab=bool(selected & {"lesson04", "lesson07"}), voila="voila" in selected)
+                       lab=bool(selected & {"lesson05", "lesson08"}), voila="voila" in selected)
         playwright = sync_api.sync_playwright().start()
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        for name, notebook in (("lesson04", LESSON_04), ("lesson07", LESSON_07)):
+        for name, notebook in (("lesson05", LESSON_05), ("lesson08", LESSON_08)):
             if name in selected and (NOTEBOOKS / notebook).is_file():
                 runs[name] = Run(browser, name, servers["lab"])
                 try:
@@ -343,21 +343,21 @@ def _run(runs, name: str, why_missing: str) -> Run:
 
 
 # ------------------------------------------------------------------------------------------ tests
-def test_lesson_04_guidance_slider(runs):
-    run = _run(runs, "lesson04", f"notebooks/{LESSON_04} does not exist")
+def test_lesson_05_guidance_slider(runs):
+    run = _run(runs, "lesson05", f"notebooks/{LESSON_05} does not exist")
     with run.artifacts_on_failure() as page:
-        _wait_for_run_all(page, LESSON_04)
-        _check_slider_changes_picture(page, LESSON_04_SLIDER, LESSON_04_IMAGE,
-                                      f".jp-OutputArea-output:has({LESSON_04_IMAGE})", "lesson04")
-        _assert_no_errors(page, LESSON_04)
+        _wait_for_run_all(page, LESSON_05)
+        _check_slider_changes_picture(page, LESSON_05_SLIDER, LESSON_05_IMAGE,
+                                      f".jp-OutputArea-output:has({LESSON_05_IMAGE})", "lesson05")
+        _assert_no_errors(page, LESSON_05)
 
 
-def test_lesson_07_guidance_explorer(runs):
-    run = _run(runs, "lesson07", f"notebooks/{LESSON_07} does not exist yet")
+def test_lesson_08_guidance_explorer(runs):
+    run = _run(runs, "lesson08", f"notebooks/{LESSON_08} does not exist yet")
     with run.artifacts_on_failure() as page:
-        _wait_for_run_all(page, LESSON_07)
-        _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "lesson07")
-        _assert_no_errors(page, LESSON_07)
+        _wait_for_run_all(page, LESSON_08)
+        _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "lesson08")
+        _assert_no_errors(page, LESSON_08)
 
 
 def test_voila_guidance_explorer(runs):

@@ -138,18 +138,18 @@ MISTAKES = [
      lambda x, e, a, p: p.sqrt() * pred_x0_ok(x, e, a)),
     (exercises.check_ddim_step, "DDIM uses ᾱ (alpha_bar) only",  # alpha instead of alpha_bar: DDPM's mean
      lambda x, e, a, p: (x - (1 - a / p) / (1 - a).sqrt() * e) / (a / p).sqrt()),
-    # ---- lesson 03: classifier guidance in eps form
+    # ---- lesson 04: classifier guidance in eps form
     (exercises.check_classifier_guided_eps, "check the sign", lambda e, g, a, s: e + (1 - a).sqrt() * s * g),
     (exercises.check_classifier_guided_eps, "forgot the square root", lambda e, g, a, s: e - (1 - a) * s * g),
     (exercises.check_classifier_guided_eps, "not sqrt(ᾱ_t)", lambda e, g, a, s: e - a.sqrt() * s * g),
     (exercises.check_classifier_guided_eps, "into ε units", lambda e, g, a, s: e - s * g),
     (exercises.check_classifier_guided_eps, "guidance scale λ", lambda e, g, a, s: e - (1 - a).sqrt() * g),
-    # ---- lesson 03: Bayes' rule for the score
+    # ---- lesson 04: Bayes' rule for the score
     (exercises.check_bayes_score, "check the sign", lambda sc, g, s: sc - s * g),
     (exercises.check_bayes_score, "forgot the weight λ", lambda sc, g, s: sc + g),
     (exercises.check_bayes_score, "not the unconditional score", lambda sc, g, s: s * (sc + g)),
     (exercises.check_bayes_score, "classifier-free guidance (eq. 8)", lambda sc, g, s: (1 - s) * sc + s * g),
-    # ---- lesson 04: cfg
+    # ---- lesson 05: cfg
     (exercises.check_cfg, "swapped eps_uncond and eps_cond", lambda u, c, s: cfg_ok(c, u, s)),
     (exercises.check_cfg, "Ho & Salimans' w", lambda u, c, s: c + s * (c - u)),
     (exercises.check_cfg, "off by one in the scale", lambda u, c, s: u + (s - 1) * (c - u)),
@@ -233,13 +233,13 @@ ALL_CHECKS = [
     (exercises.check_bayes_score, 3),
     (exercises.check_cfg, 3),
     (exercises.check_batch_of_two, 5),
-    (exercises.check_kl_diagonal_gaussian, 2),  # lesson 05
+    (exercises.check_kl_diagonal_gaussian, 2),  # lesson 06
     (exercises.check_reparameterise, 3),
-    (exercises.check_cross_attention, 3),  # lesson 06
+    (exercises.check_cross_attention, 3),  # lesson 07
     (exercises.check_clip_contrastive_loss, 3),
-    (exercises.check_guided_noise, 6),  # lesson 07
+    (exercises.check_guided_noise, 6),  # lesson 08
     (exercises.check_decode_latents, 2),
-    (exercises.check_euler_step, 4),  # lesson 08
+    (exercises.check_euler_step, 4),  # lesson 09
     (exercises.check_img2img_timesteps, 2),
 ]
 

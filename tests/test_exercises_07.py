@@ -1,60 +1,64 @@
-"""Tests of lesson 07's exercise checks: the guided noise of the batch of two, and decoding the latents.
+"""Tests of lesson 07's exercise checks: cross-attention and CLIP's contrastive loss.
 
 As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
 "✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
 never raises or prints a traceback.
 """
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from course_lib import exercises
 
 from _exercise_harness import assert_correct, run
-from course_lib.guidance import cfg
 
 
 
 
 # ============================================================================ correct solutions
-def guided_ok(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
-    latent_model_input = torch.cat([latents] * 2)                        # (2B, C, h, w)
-    states = torch.cat([negative_prompt_embeds, prompt_embeds])          # (2B, L, D): negative first
-    noise_pred = unet(latent_model_input, t, encoder_hidden_states=states)
-    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+def attention_ok(q, k, v):
+    d = q.shape[-1]
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d), dim=-1)  # (B, h, N, L)
+    return weights @ v
 
 
-def guided_prompt_first(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
-    # the other order in the batch is fine as long as the halves are read in the same order
-    noise_pred_text, noise_pred_uncond = unet(torch.cat([latents, latents]), t,
-                                              torch.cat([prompt_embeds, negative_prompt_embeds])).chunk(2)
-    return cfg(noise_pred_uncond, noise_pred_text, guidance_scale)
+def attention_einsum(q, k, v):  # the same with einsum and a scale folded into q
+    scores = torch.einsum("bhnd,bhld->bhnl", q * q.shape[-1] ** -0.5, k)
+    return torch.einsum("bhnl,bhld->bhnd", scores.softmax(dim=3), v)
 
 
-def guided_eq8(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
-    u, c = unet(latents.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
-                                                                                 prompt_embeds])).chunk(2)
-    return guidance_scale * c + (1 - guidance_scale) * u  # eq. 8
+def attention_sdpa(q, k, v):  # torch's own: allowed, it is the reference
+    return F.scaled_dot_product_attention(q, k, v)
 
 
-def decode_ok(vae, latents):
-    images = vae.decode(latents / vae.config.scaling_factor)
-    return (images / 2 + 0.5).clamp(0, 1)
+def contrastive_ok(image_embeds, text_embeds, logit_scale):
+    logits = logit_scale.exp() * image_embeds @ text_embeds.T  # (B images, B captions)
+    targets = torch.arange(len(logits))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
-def decode_other_forms(vae, latents):
-    s = vae.config.scaling_factor
-    images = vae.decode(1 / s * latents)
-    return torch.clamp((images + 1) / 2, min=0.0, max=1.0)
+def contrastive_log_softmax(image_embeds, text_embeds, logit_scale):  # the diagonal of two log-softmaxes
+    logits = torch.exp(logit_scale) * (image_embeds @ text_embeds.t())
+    rows = -logits.log_softmax(dim=1).diag().mean()
+    columns = -logits.log_softmax(dim=0).diag().mean()
+    return 0.5 * (rows + columns)
+
+
+def contrastive_renormalised(image_embeds, text_embeds, logit_scale):  # normalising unit vectors again is harmless
+    v, t = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
+    return contrastive_ok(v, t, logit_scale)
 
 
 CORRECT = [
-    (exercises.check_guided_noise, guided_ok),
-    (exercises.check_guided_noise, guided_prompt_first),
-    (exercises.check_guided_noise, guided_eq8),
-    (exercises.check_decode_latents, decode_ok),
-    (exercises.check_decode_latents, decode_other_forms),
+    (exercises.check_cross_attention, attention_ok),
+    (exercises.check_cross_attention, attention_einsum),
+    (exercises.check_cross_attention, attention_sdpa),
+    (exercises.check_clip_contrastive_loss, contrastive_ok),
+    (exercises.check_clip_contrastive_loss, contrastive_log_softmax),
+    (exercises.check_clip_contrastive_loss, contrastive_renormalised),
 ]
 
 
@@ -64,142 +68,110 @@ def test_correct_solution_passes(check, fn, capsys):
 
 
 # ============================================================================ typical mistakes
-def _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds):
-    return unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
-                                                                              prompt_embeds])).chunk(2)
+def _scores(q, k):
+    return q @ k.transpose(-2, -1)
 
 
-def guided_with(combine):
-    def fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        u, c = _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds)
-        return combine(u, c, s)
-    return fn
-
-
-def swapped_chunk(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-    noise_pred_text, noise_pred_uncond = _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds)
-    return noise_pred_uncond + s * (noise_pred_text - noise_pred_uncond)
-
-
-def prompt_in_both_halves(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-    u, c = _halves(unet, latents, t, prompt_embeds, prompt_embeds)
-    return u + s * (c - u)
-
-
-GUIDED_MISTAKES = [
-    ("swapped_chunk", swapped_chunk, "the halves are swapped"),
-    ("ho_salimans_w", guided_with(lambda u, c, s: c + s * (c - u)), "Ho & Salimans' w"),
-    ("off_by_one", guided_with(lambda u, c, s: u + (s - 1) * (c - u)), "off by one"),
-    ("wrong_sign", guided_with(lambda u, c, s: u - s * (c - u)), "check the sign"),
-    ("scale_on_uncond", guided_with(lambda u, c, s: s * u + (c - u)), "the scale multiplies the difference"),
-    ("no_parentheses", guided_with(lambda u, c, s: u + s * c - u), "the parentheses are missing"),
-    ("guidance_term_only", guided_with(lambda u, c, s: s * (c - u)), "the guidance term alone"),
-    ("prompt_in_both_halves", prompt_in_both_halves, "did both halves see prompt_embeds"),
-    ("uncond_only", guided_with(lambda u, c, s: u), "the negative prompt alone"),
+ATTENTION_MISTAKES = [
+    ("no_scaling", lambda q, k, v: _scores(q, k).softmax(-1) @ v, "forgot the scaling"),
+    ("divided_by_d", lambda q, k, v: (_scores(q, k) / q.shape[-1]).softmax(-1) @ v, "you divided by d"),
+    ("times_sqrt_d", lambda q, k, v: (_scores(q, k) * q.shape[-1] ** 0.5).softmax(-1) @ v, "you multiplied by √d"),
+    ("sqrt_L", lambda q, k, v: (_scores(q, k) / k.shape[-2] ** 0.5).softmax(-1) @ v, "divided by √L"),
+    ("softmax_over_queries", lambda q, k, v: (_scores(q, k) / q.shape[-1] ** 0.5).softmax(-2) @ v, "wrong axis"),
+    ("k_not_transposed", lambda q, k, v: (q @ k / q.shape[-1] ** 0.5).softmax(-1) @ v, "K is not transposed"),
+    ("weights_only", lambda q, k, v: (_scores(q, k) / q.shape[-1] ** 0.5).softmax(-1), "multiply them by V"),
+    ("k_v_swapped", lambda q, k, v: (_scores(q, v) / q.shape[-1] ** 0.5).softmax(-1) @ k, "K and V are swapped"),
+    ("softmax_after_v", lambda q, k, v: (_scores(q, k) / q.shape[-1] ** 0.5 @ v).softmax(-1), "after the softmax"),
 ]
 
 
-@pytest.mark.parametrize("name, fn, hint", GUIDED_MISTAKES, ids=[m[0] for m in GUIDED_MISTAKES])
-def test_guided_noise_mistakes_are_named(name, fn, hint, capsys):
-    verdict, out = run(exercises.check_guided_noise, fn, capsys)
+@pytest.mark.parametrize("name, fn, hint", ATTENTION_MISTAKES, ids=[m[0] for m in ATTENTION_MISTAKES])
+def test_cross_attention_mistakes_are_named(name, fn, hint, capsys):
+    verdict, out = run(exercises.check_cross_attention, fn, capsys)
     assert verdict is False
     assert out.startswith("❌ Not yet")
     assert hint in out, out
 
 
-def test_guided_noise_two_passes_are_refused(capsys):
-    def two_passes(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        u = unet(latents, t, encoder_hidden_states=negative_prompt_embeds)
-        c = unet(latents, t, encoder_hidden_states=prompt_embeds)
-        return u + s * (c - u)
-
-    verdict, out = run(exercises.check_guided_noise, two_passes, capsys)
-    assert verdict is False
-    assert "the values are right, but your function called the UNet 2 times" in out and "ONE UNet pass" in out
-
-
-def test_guided_noise_batch_mismatches_get_their_hint(capsys):
-    def latents_not_doubled(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        u, c = unet(latents, t, encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds])).chunk(2)
-        return u + s * (c - u)
-
-    def states_not_doubled(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        u, c = unet(torch.cat([latents] * 2), t, encoder_hidden_states=prompt_embeds).chunk(2)
-        return u + s * (c - u)
-
-    verdict, out = run(exercises.check_guided_noise, latents_not_doubled, capsys)
-    assert verdict is False and "the latents must be a batch of two as well" in out and "Traceback" not in out
-    verdict, out = run(exercises.check_guided_noise, states_not_doubled, capsys)
-    assert verdict is False and "the text states must be a batch of two as well" in out
-
-
-def test_guided_noise_returning_the_batch_or_the_halves(capsys):
-    def whole_batch(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        return unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
-                                                                                  prompt_embeds]))
-
-    verdict, out = run(exercises.check_guided_noise, whole_batch, capsys)
-    assert verdict is False and "has shape (2, 4, 8, 8)" in out and "expected (1, 4, 8, 8)" in out
-    assert ".chunk(2)" in out
-    verdict, out = run(exercises.check_guided_noise,
-                       lambda unet, x, t, p, n, s: _halves(unet, x, t, p, n), capsys)
-    assert verdict is False and "returned a tuple of 2 items" in out and "not the two halves" in out
-
-
-def test_guided_noise_wrong_timesteps_get_their_hint(capsys):
-    def two_timesteps(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
-        return guided_ok(unet, latents, torch.tensor([t, t]), prompt_embeds, negative_prompt_embeds, s)
-
-    verdict, out = run(exercises.check_guided_noise, two_timesteps, capsys)
-    assert verdict is False and "one timestep for every image" in out
-
-
-def test_guided_noise_missing_states_are_explained(capsys):
-    verdict, out = run(exercises.check_guided_noise,
-                       lambda unet, x, t, p, n, s: unet(torch.cat([x, x]), t).chunk(2)[0], capsys)
-    assert verdict is False and "encoder_hidden_states=states" in out
-
-
-def decode_with(fn):
-    return lambda vae, latents: fn(vae, latents, vae.config.scaling_factor)
-
-
-DECODE_MISTAKES = [
-    ("no_division", decode_with(lambda vae, z, s: (vae.decode(z) / 2 + 0.5).clamp(0, 1)),
-     "you forgot to divide by the scaling factor"),
-    ("multiplied", decode_with(lambda vae, z, s: (vae.decode(z * s) / 2 + 0.5).clamp(0, 1)),
-     "you multiplied by the scaling factor"),
-    ("sd_constant", decode_with(lambda vae, z, s: (vae.decode(z / 0.18215) / 2 + 0.5).clamp(0, 1)),
-     "this VAE's own vae.config.scaling_factor"),
-    ("still_in_minus_one_one", decode_with(lambda vae, z, s: vae.decode(z / s)), "map them to [0, 1]"),
-    ("no_clamp", decode_with(lambda vae, z, s: vae.decode(z / s) / 2 + 0.5), "clip after mapping"),
-    ("uint8_range", decode_with(lambda vae, z, s: (vae.decode(z / s) / 2 + 0.5).clamp(0, 1) * 255),
-     "return floats in [0, 1]"),
-    ("clamp_before_mapping", decode_with(lambda vae, z, s: vae.decode(z / s).clamp(0, 1) / 2 + 0.5),
-     "clamp after mapping"),
+CONTRASTIVE_MISTAKES = [
+    ("image_to_text_only",
+     lambda v, t, s: F.cross_entropy(s.exp() * v @ t.T, torch.arange(len(v))), "each image choosing its caption"),
+    ("text_to_image_only",
+     lambda v, t, s: F.cross_entropy(s.exp() * t @ v.T, torch.arange(len(v))), "each caption choosing its image"),
+    ("sum_of_directions",
+     lambda v, t, s: sum(F.cross_entropy(m, torch.arange(len(v))) for m in (s.exp() * v @ t.T, s.exp() * t @ v.T)),
+     "CLIP averages them"),
+    ("no_temperature",
+     lambda v, t, s: (F.cross_entropy(v @ t.T, torch.arange(len(v)))
+                      + F.cross_entropy(t @ v.T, torch.arange(len(v)))) / 2,
+     "the temperature is missing"),
+    ("logit_scale_without_exp",
+     lambda v, t, s: (F.cross_entropy(s * v @ t.T, torch.arange(len(v)))
+                      + F.cross_entropy(s * t @ v.T, torch.arange(len(v)))) / 2,
+     "not by logit_scale itself"),
+    ("divided_by_exp",
+     lambda v, t, s: (F.cross_entropy(v @ t.T / s.exp(), torch.arange(len(v)))
+                      + F.cross_entropy(t @ v.T / s.exp(), torch.arange(len(v)))) / 2,
+     "you divided by exp(logit_scale)"),
+    ("summed_over_batch",
+     lambda v, t, s: (F.cross_entropy(s.exp() * v @ t.T, torch.arange(len(v)), reduction="sum")
+                      + F.cross_entropy(s.exp() * t @ v.T, torch.arange(len(v)), reduction="sum")) / 2,
+     "a mean over the B pairs"),
 ]
 
 
-@pytest.mark.parametrize("name, fn, hint", DECODE_MISTAKES, ids=[m[0] for m in DECODE_MISTAKES])
-def test_decode_mistakes_are_named(name, fn, hint, capsys):
-    verdict, out = run(exercises.check_decode_latents, fn, capsys)
+@pytest.mark.parametrize("name, fn, hint", CONTRASTIVE_MISTAKES, ids=[m[0] for m in CONTRASTIVE_MISTAKES])
+def test_contrastive_mistakes_are_named(name, fn, hint, capsys):
+    verdict, out = run(exercises.check_clip_contrastive_loss, fn, capsys)
     assert verdict is False
     assert out.startswith("❌ Not yet")
     assert hint in out, out
 
 
-def test_decode_channels_last_gets_the_layout_hint(capsys):
-    verdict, out = run(exercises.check_decode_latents, lambda vae, z: decode_ok(vae, z).permute(0, 2, 3, 1), capsys)
-    assert verdict is False and "has shape (1, 8, 8, 3)" in out and "(B, 3, H, W)" in out
+# ============================================================================ shapes, types, errors, not done
+def test_attention_with_a_wrong_transpose_gets_the_transpose_hint(capsys):
+    # k.transpose(1, 2) swaps heads and tokens: the product fails on the first case's shapes
+    verdict, out = run(exercises.check_cross_attention,
+                       lambda q, k, v: (q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).softmax(-1) @ v, capsys)
+    assert verdict is False
+    assert "transpose only the last two axes of K" in out or "K is not transposed" in out, out
+    assert "Traceback" not in out
 
 
-def test_decode_errors_are_explained(capsys):
-    verdict, out = run(exercises.check_decode_latents, lambda vae, z: vae.scaling_factor, capsys)
-    assert verdict is False and "vae.config.scaling_factor" in out and "Traceback" not in out
-    verdict, out = run(exercises.check_decode_latents, lambda vae, z: vae.decode(z[:, :3]), capsys)
-    assert verdict is False and "give vae.decode the latents themselves" in out
+def test_attention_that_merges_the_heads_gets_the_shape_hint(capsys):
+    def merged(q, k, v):
+        out = attention_ok(q, k, v)  # (B, h, N, d) -> (B, N, h*d)
+        return out.transpose(1, 2).flatten(2)
+
+    verdict, out = run(exercises.check_cross_attention, merged, capsys)
+    assert verdict is False
+    assert "has shape (2, 16, 32)" in out and "expected (2, 4, 16, 8)" in out and "(B, h, N, d)" in out
+
+
+def test_contrastive_with_math_exp_gets_a_tensor_hint(capsys):
+    def with_math(v, t, s):
+        logits = math.exp(s) * v @ t.T
+        return F.cross_entropy(logits, torch.arange(len(v)))
+
+    # math.exp accepts a 0-dim tensor, so this runs; the one-direction hint is what it needs
+    verdict, out = run(exercises.check_clip_contrastive_loss, with_math, capsys)
+    assert verdict is False and "only one direction" in out
+
+
+def test_contrastive_returning_a_float_or_a_batch(capsys):
+    verdict, out = run(exercises.check_clip_contrastive_loss, lambda v, t, s: contrastive_ok(v, t, s).item(), capsys)
+    assert verdict is False and "returned a float, expected a torch.Tensor of shape ()" in out
+
+    def per_pair(v, t, s):
+        logits = s.exp() * v @ t.T
+        target = torch.arange(len(v))
+        return (F.cross_entropy(logits, target, reduction="none")
+                + F.cross_entropy(logits.T, target, reduction="none")) / 2
+
+    verdict, out = run(exercises.check_clip_contrastive_loss, per_pair, capsys)
+    assert verdict is False and "has shape (4,)" in out and "one number" in out
 
 
 def test_exports():
-    assert "check_guided_noise" in exercises.__all__
-    assert "check_decode_latents" in exercises.__all__
+    assert "check_cross_attention" in exercises.__all__
+    assert "check_clip_contrastive_loss" in exercises.__all__

@@ -1,15 +1,9 @@
-"""Tests of lesson 08's exercise checks: one Euler step in sigma, and the timesteps img2img runs.
+"""Tests of lesson 08's exercise checks: the guided noise of the batch of two, and decoding the latents.
 
 As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
 "✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
-never raises or prints a traceback. The img2img check is also held to what StableDiffusion.img2img
-really runs.
+never raises or prints a traceback.
 """
-
-import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
@@ -17,51 +11,50 @@ import torch
 from course_lib import exercises
 
 from _exercise_harness import assert_correct, run
+from course_lib.guidance import cfg
 
 
 
 
 # ============================================================================ correct solutions
-def euler_ok(x, eps, sigma, sigma_next):
-    return x + (sigma_next - sigma) * eps
+def guided_ok(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
+    latent_model_input = torch.cat([latents] * 2)                        # (2B, C, h, w)
+    states = torch.cat([negative_prompt_embeds, prompt_embeds])          # (2B, L, D): negative first
+    noise_pred = unet(latent_model_input, t, encoder_hidden_states=states)
+    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
 
 
-def euler_with_derivative(x, eps, sigma, sigma_next):  # Karras et al.'s form: d = (x - x̂0) / σ
-    pred_x0 = x - sigma * eps
-    derivative = (x - pred_x0) / sigma
-    return x + (sigma_next - sigma) * derivative
+def guided_prompt_first(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
+    # the other order in the batch is fine as long as the halves are read in the same order
+    noise_pred_text, noise_pred_uncond = unet(torch.cat([latents, latents]), t,
+                                              torch.cat([prompt_embeds, negative_prompt_embeds])).chunk(2)
+    return cfg(noise_pred_uncond, noise_pred_text, guidance_scale)
 
 
-def euler_as_ddim(x, eps, sigma, sigma_next):  # x̂0 put back at the next noise level
-    return (x - sigma * eps) + sigma_next * eps
+def guided_eq8(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale):
+    u, c = unet(latents.repeat(2, 1, 1, 1), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
+                                                                                 prompt_embeds])).chunk(2)
+    return guidance_scale * c + (1 - guidance_scale) * u  # eq. 8
 
 
-def img2img_ok(timesteps, strength):
-    n = len(timesteps)
-    k = int(n * strength)
-    return timesteps[n - k:]
+def decode_ok(vae, latents):
+    images = vae.decode(latents / vae.config.scaling_factor)
+    return (images / 2 + 0.5).clamp(0, 1)
 
 
-def img2img_with_min(timesteps, strength):  # diffusers' get_timesteps, word for word
-    num_inference_steps = len(timesteps)
-    init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
-    t_start = max(num_inference_steps - init_timestep, 0)
-    return timesteps[t_start:]
-
-
-def img2img_index_select(timesteps, strength):
-    n = timesteps.shape[0]
-    start = n - int(n * strength)
-    return timesteps[torch.arange(start, n)]
+def decode_other_forms(vae, latents):
+    s = vae.config.scaling_factor
+    images = vae.decode(1 / s * latents)
+    return torch.clamp((images + 1) / 2, min=0.0, max=1.0)
 
 
 CORRECT = [
-    (exercises.check_euler_step, euler_ok),
-    (exercises.check_euler_step, euler_with_derivative),
-    (exercises.check_euler_step, euler_as_ddim),
-    (exercises.check_img2img_timesteps, img2img_ok),
-    (exercises.check_img2img_timesteps, img2img_with_min),
-    (exercises.check_img2img_timesteps, img2img_index_select),
+    (exercises.check_guided_noise, guided_ok),
+    (exercises.check_guided_noise, guided_prompt_first),
+    (exercises.check_guided_noise, guided_eq8),
+    (exercises.check_decode_latents, decode_ok),
+    (exercises.check_decode_latents, decode_other_forms),
 ]
 
 
@@ -71,86 +64,142 @@ def test_correct_solution_passes(check, fn, capsys):
 
 
 # ============================================================================ typical mistakes
-EULER_MISTAKES = [
-    ("sign", lambda x, e, s, n: x + (s - n) * e, "check the sign"),
-    ("sigma_next_alone", lambda x, e, s, n: x + n * e, "you used σ_next alone"),
-    ("minus_sigma_next_alone", lambda x, e, s, n: x - n * e, "you used σ_next alone"),
-    ("pred_x0", lambda x, e, s, n: x - s * e, "you returned x̂0"),
-    ("divided_by_sigma", lambda x, e, s, n: x + (n - s) * e / s, "divided it by σ once more"),
-    ("variances", lambda x, e, s, n: x + (n ** 2 - s ** 2) * e, "not σ_next² - σ²"),
-    ("scaled_input", lambda x, e, s, n: x / (s ** 2 + 1) ** 0.5 + (n - s) * e, "scale_model_input"),
-    ("first_sigma_for_all", lambda x, e, s, n: x + (n.flatten()[0] - s.flatten()[0]) * e, "every image used the first σ"),
+def _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds):
+    return unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
+                                                                              prompt_embeds])).chunk(2)
+
+
+def guided_with(combine):
+    def fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        u, c = _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds)
+        return combine(u, c, s)
+    return fn
+
+
+def swapped_chunk(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+    noise_pred_text, noise_pred_uncond = _halves(unet, latents, t, prompt_embeds, negative_prompt_embeds)
+    return noise_pred_uncond + s * (noise_pred_text - noise_pred_uncond)
+
+
+def prompt_in_both_halves(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+    u, c = _halves(unet, latents, t, prompt_embeds, prompt_embeds)
+    return u + s * (c - u)
+
+
+GUIDED_MISTAKES = [
+    ("swapped_chunk", swapped_chunk, "the halves are swapped"),
+    ("ho_salimans_w", guided_with(lambda u, c, s: c + s * (c - u)), "Ho & Salimans' w"),
+    ("off_by_one", guided_with(lambda u, c, s: u + (s - 1) * (c - u)), "off by one"),
+    ("wrong_sign", guided_with(lambda u, c, s: u - s * (c - u)), "check the sign"),
+    ("scale_on_uncond", guided_with(lambda u, c, s: s * u + (c - u)), "the scale multiplies the difference"),
+    ("no_parentheses", guided_with(lambda u, c, s: u + s * c - u), "the parentheses are missing"),
+    ("guidance_term_only", guided_with(lambda u, c, s: s * (c - u)), "the guidance term alone"),
+    ("prompt_in_both_halves", prompt_in_both_halves, "did both halves see prompt_embeds"),
+    ("uncond_only", guided_with(lambda u, c, s: u), "the negative prompt alone"),
 ]
 
 
-@pytest.mark.parametrize("name, fn, hint", EULER_MISTAKES, ids=[m[0] for m in EULER_MISTAKES])
-def test_euler_step_mistakes_are_named(name, fn, hint, capsys):
-    verdict, out = run(exercises.check_euler_step, fn, capsys)
+@pytest.mark.parametrize("name, fn, hint", GUIDED_MISTAKES, ids=[m[0] for m in GUIDED_MISTAKES])
+def test_guided_noise_mistakes_are_named(name, fn, hint, capsys):
+    verdict, out = run(exercises.check_guided_noise, fn, capsys)
     assert verdict is False
     assert out.startswith("❌ Not yet")
     assert hint in out, out
 
 
-def _k(timesteps, strength):
-    return int(len(timesteps) * strength)
+def test_guided_noise_two_passes_are_refused(capsys):
+    def two_passes(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        u = unet(latents, t, encoder_hidden_states=negative_prompt_embeds)
+        c = unet(latents, t, encoder_hidden_states=prompt_embeds)
+        return u + s * (c - u)
+
+    verdict, out = run(exercises.check_guided_noise, two_passes, capsys)
+    assert verdict is False
+    assert "the values are right, but your function called the UNet 2 times" in out and "ONE UNet pass" in out
 
 
-IMG2IMG_MISTAKES = [
-    ("round", lambda ts, s: ts[len(ts) - round(len(ts) * s):], "you rounded n·strength;"),
-    ("ceil", lambda ts, s: ts[len(ts) - math.ceil(len(ts) * s):], "you rounded n·strength up"),
-    ("start_from_one_minus_strength", lambda ts, s: ts[int(len(ts) * (1 - s)):], "you rounded n·strength up"),
-    ("one_too_many", lambda ts, s: ts[len(ts) - _k(ts, s) - 1:], "one step too many"),
-    ("one_too_few", lambda ts, s: ts[len(ts) - _k(ts, s) + 1:], "one step too few"),
-    ("negative_slice", lambda ts, s: ts[-_k(ts, s):], "timesteps[-0:] is the whole grid"),
-    ("first_k", lambda ts, s: ts[:_k(ts, s)], "the first k timesteps"),
-    ("start_at_k", lambda ts, s: ts[_k(ts, s):], "you started at position k"),
-    ("flipped", lambda ts, s: ts[len(ts) - _k(ts, s):].flip(0), "not flipped"),
+def test_guided_noise_batch_mismatches_get_their_hint(capsys):
+    def latents_not_doubled(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        u, c = unet(latents, t, encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds])).chunk(2)
+        return u + s * (c - u)
+
+    def states_not_doubled(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        u, c = unet(torch.cat([latents] * 2), t, encoder_hidden_states=prompt_embeds).chunk(2)
+        return u + s * (c - u)
+
+    verdict, out = run(exercises.check_guided_noise, latents_not_doubled, capsys)
+    assert verdict is False and "the latents must be a batch of two as well" in out and "Traceback" not in out
+    verdict, out = run(exercises.check_guided_noise, states_not_doubled, capsys)
+    assert verdict is False and "the text states must be a batch of two as well" in out
+
+
+def test_guided_noise_returning_the_batch_or_the_halves(capsys):
+    def whole_batch(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        return unet(torch.cat([latents] * 2), t, encoder_hidden_states=torch.cat([negative_prompt_embeds,
+                                                                                  prompt_embeds]))
+
+    verdict, out = run(exercises.check_guided_noise, whole_batch, capsys)
+    assert verdict is False and "has shape (2, 4, 8, 8)" in out and "expected (1, 4, 8, 8)" in out
+    assert ".chunk(2)" in out
+    verdict, out = run(exercises.check_guided_noise,
+                       lambda unet, x, t, p, n, s: _halves(unet, x, t, p, n), capsys)
+    assert verdict is False and "returned a tuple of 2 items" in out and "not the two halves" in out
+
+
+def test_guided_noise_wrong_timesteps_get_their_hint(capsys):
+    def two_timesteps(unet, latents, t, prompt_embeds, negative_prompt_embeds, s):
+        return guided_ok(unet, latents, torch.tensor([t, t]), prompt_embeds, negative_prompt_embeds, s)
+
+    verdict, out = run(exercises.check_guided_noise, two_timesteps, capsys)
+    assert verdict is False and "one timestep for every image" in out
+
+
+def test_guided_noise_missing_states_are_explained(capsys):
+    verdict, out = run(exercises.check_guided_noise,
+                       lambda unet, x, t, p, n, s: unet(torch.cat([x, x]), t).chunk(2)[0], capsys)
+    assert verdict is False and "encoder_hidden_states=states" in out
+
+
+def decode_with(fn):
+    return lambda vae, latents: fn(vae, latents, vae.config.scaling_factor)
+
+
+DECODE_MISTAKES = [
+    ("no_division", decode_with(lambda vae, z, s: (vae.decode(z) / 2 + 0.5).clamp(0, 1)),
+     "you forgot to divide by the scaling factor"),
+    ("multiplied", decode_with(lambda vae, z, s: (vae.decode(z * s) / 2 + 0.5).clamp(0, 1)),
+     "you multiplied by the scaling factor"),
+    ("sd_constant", decode_with(lambda vae, z, s: (vae.decode(z / 0.18215) / 2 + 0.5).clamp(0, 1)),
+     "this VAE's own vae.config.scaling_factor"),
+    ("still_in_minus_one_one", decode_with(lambda vae, z, s: vae.decode(z / s)), "map them to [0, 1]"),
+    ("no_clamp", decode_with(lambda vae, z, s: vae.decode(z / s) / 2 + 0.5), "clip after mapping"),
+    ("uint8_range", decode_with(lambda vae, z, s: (vae.decode(z / s) / 2 + 0.5).clamp(0, 1) * 255),
+     "return floats in [0, 1]"),
+    ("clamp_before_mapping", decode_with(lambda vae, z, s: vae.decode(z / s).clamp(0, 1) / 2 + 0.5),
+     "clamp after mapping"),
 ]
 
 
-@pytest.mark.parametrize("name, fn, hint", IMG2IMG_MISTAKES, ids=[m[0] for m in IMG2IMG_MISTAKES])
-def test_img2img_timesteps_mistakes_are_named(name, fn, hint, capsys):
-    verdict, out = run(exercises.check_img2img_timesteps, fn, capsys)
+@pytest.mark.parametrize("name, fn, hint", DECODE_MISTAKES, ids=[m[0] for m in DECODE_MISTAKES])
+def test_decode_mistakes_are_named(name, fn, hint, capsys):
+    verdict, out = run(exercises.check_decode_latents, fn, capsys)
     assert verdict is False
     assert out.startswith("❌ Not yet")
     assert hint in out, out
 
 
-# ============================================================================ robustness
-def test_fractional_slice_position_gets_a_hint(capsys):
-    verdict, out = run(exercises.check_img2img_timesteps, lambda ts, s: ts[len(ts) - len(ts) * s:], capsys)
-    assert verdict is False
-    assert "whole numbers: k = int(n * strength)" in out
+def test_decode_channels_last_gets_the_layout_hint(capsys):
+    verdict, out = run(exercises.check_decode_latents, lambda vae, z: decode_ok(vae, z).permute(0, 2, 3, 1), capsys)
+    assert verdict is False and "has shape (1, 8, 8, 3)" in out and "(B, 3, H, W)" in out
 
 
-def test_wrong_arguments_get_the_signature(capsys):
-    verdict, out = run(exercises.check_euler_step, lambda x, eps, sigma: x, capsys)
-    assert verdict is False
-    assert "(x, eps, sigma, sigma_next)" in out
-    verdict, out = run(exercises.check_img2img_timesteps, lambda timesteps: timesteps, capsys)
-    assert verdict is False
-    assert "(timesteps, strength)" in out
+def test_decode_errors_are_explained(capsys):
+    verdict, out = run(exercises.check_decode_latents, lambda vae, z: vae.scaling_factor, capsys)
+    assert verdict is False and "vae.config.scaling_factor" in out and "Traceback" not in out
+    verdict, out = run(exercises.check_decode_latents, lambda vae, z: vae.decode(z[:, :3]), capsys)
+    assert verdict is False and "give vae.decode the latents themselves" in out
 
 
-# ============================================================================ the check is the pipeline's rule
-@pytest.mark.parametrize("sampler, steps, strength", [("ddim", 10, 0.6), ("dpmsolver", 10, 0.33),
-                                                      ("euler", 7, 0.5), ("ddpm", 4, 1.0)])
-def test_img2img_check_expects_what_the_pipeline_runs(sampler, steps, strength, tmp_path, capsys):
-    """The timesteps StableDiffusion.img2img gives its UNet are the ones the check expects."""
-    pytest.importorskip("transformers")
-    from _minisd import IMAGE_SIZE, make_mini_sd
-
-    from course_lib.pipeline import StableDiffusion
-
-    pipe = StableDiffusion.from_course("mini-sd", directory=make_mini_sd(tmp_path))
-    pipe.set_progress_bar_config(disable=True)
-    seen = []
-    pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(float(args[1].reshape(-1)[0])))
-    image = torch.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE))
-    pipe.img2img(image, "a red circle", strength=strength, num_inference_steps=steps, sampler=sampler,
-                 generator=torch.Generator().manual_seed(0), output_type="latent")
-    grid = pipe.make_sampler(sampler)
-    grid.set_timesteps(steps)
-    assert seen == img2img_ok(grid.timesteps, strength).float().tolist()
-    verdict, _ = run(exercises.check_img2img_timesteps, lambda ts, s: torch.tensor(seen), capsys)
-    assert verdict is False  # a constant answer cannot pass: the check tries several grids
+def test_exports():
+    assert "check_guided_noise" in exercises.__all__
+    assert "check_decode_latents" in exercises.__all__

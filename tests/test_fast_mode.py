@@ -1,4 +1,4 @@
-"""The fast mode of lesson 09 on a CPU: fused attention projections and StableDiffusion.optimize().
+"""The fast mode of lesson 10 on a CPU: fused attention projections and StableDiffusion.optimize().
 
 Each technique must leave the arithmetic alone (outputs equal to float rounding) and the weights'
 names alone (checkpoints still load). torch.compile is exercised with its "eager" backend, which

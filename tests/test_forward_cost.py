@@ -1,4 +1,4 @@
-"""Tests of course_lib.metrics' forward-cost helpers (lesson 05): FLOPs, activation memory, time.
+"""Tests of course_lib.metrics' forward-cost helpers (lesson 06): FLOPs, activation memory, time.
 
 FLOPs are checked against the textbook counts of a linear layer, a convolution and attention, and
 the CPU count (where attention runs a fused kernel) against the meta-device count (where it

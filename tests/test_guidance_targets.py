@@ -1,4 +1,4 @@
-"""The guidance targets of lessons 03-04, measured on the shipped digits checkpoints.
+"""The guidance targets of lessons 04-05, measured on the shipped digits checkpoints.
 
 50 DDIM steps, 10 samples of every digit per setting, the judge (never the guidance classifier)
 scoring them. These tests fail if a retrained checkpoint loses quality.

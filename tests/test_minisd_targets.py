@@ -1,4 +1,4 @@
-"""Targets of the shipped shapes-world checkpoints (lessons 05-08), measured on every `make test`.
+"""Targets of the shipped shapes-world checkpoints (lessons 06-09), measured on every `make test`.
 
 The full measurement is benchmarks/minisd_quality.py (every prompt, 50 DDIM steps); these tests
 take a sample of it so they stay fast, with thresholds a little below what it measured. The judge

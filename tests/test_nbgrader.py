@@ -55,7 +55,7 @@ def course(tmp_path_factory):
     sources (assignment 'lessons') and lesson 01's alone (assignment 'lesson01')."""
     root = tmp_path_factory.mktemp("nbgrader-course")
     lessons = sorted(path for path in NOTEBOOKS.glob("*.ipynb") if "### BEGIN SOLUTION" in path.read_text())
-    assert len(lessons) >= 8, f"expected exercises in lessons 01-08, found them in {[p.name for p in lessons]}"
+    assert len(lessons) >= 8, f"expected exercises in lessons 01-09, found them in {[p.name for p in lessons]}"
     plain = root / "source" / "plain"
     plain.mkdir(parents=True)
     for path in lessons:

@@ -1,4 +1,4 @@
-"""Tests of lesson 08's measurements: the Fréchet distance in the tiny CLIP's image features
+"""Tests of lesson 09's measurements: the Fréchet distance in the tiny CLIP's image features
 (course_lib.metrics.clip_image_features, clip_frechet_distance) and the cached sampler sweep
 (course_lib.experiments.sampler_sweep), on tiny random models.
 """

@@ -1,4 +1,4 @@
-"""Tests of course_lib.nn.text: the caption tokenizer and the tiny CLIP of lesson 06."""
+"""Tests of course_lib.nn.text: the caption tokenizer and the tiny CLIP of lesson 07."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Tests of course_lib.nn.text.contrastive_loss: CLIP's symmetric loss from the embeddings (lesson 06).
+"""Tests of course_lib.nn.text.contrastive_loss: CLIP's symmetric loss from the embeddings (lesson 07).
 
 Checked against an independent form (two torch cross-entropies over the logit matrix) and against
 clip_loss, which test_text.py checks against transformers' CLIPModel(return_loss=True).

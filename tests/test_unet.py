@@ -39,7 +39,7 @@ CONFIGS = {
         block_out_channels=(32, 32, 64, 64), layers_per_block=2, norm_num_groups=16, cross_attention_dim=32,
         attention_head_dim=8,
     ),
-    # the digits model of lessons 02-04: no cross-attention, 10 classes + 1 null class
+    # the digits model of lessons 02-05: no cross-attention, 10 classes + 1 null class
     "digits_class_conditional": dict(
         sample_size=16, in_channels=1, out_channels=1,
         down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, mid_block_type="UNetMidBlock2D",

@@ -16,11 +16,11 @@ Notation (code name -> symbol):
     heads, head_dim        h, d;  inner_dim = h * d
 
 In self-attention K and V come from x itself; in cross-attention they come from the prompt c,
-which is how the prompt steers every spatial position of the image (lesson 06).
+which is how the prompt steers every spatial position of the image (lesson 07).
 
 ``record_cross_attention(model)`` watches every cross-attention layer of a model and keeps the
 attention probabilities softmax(Q K^T / sqrt(d)): where in the image each word of the prompt is
-read (lesson 06 draws the map of "red" over the picture).
+read (lesson 07 draws the map of "red" over the picture).
 """
 
 from __future__ import annotations

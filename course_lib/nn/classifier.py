@@ -1,4 +1,4 @@
-"""Two digit classifiers with two different jobs (lessons 03-04).
+"""Two digit classifiers with two different jobs (lessons 04-05).
 
     NoisyClassifier   p_φ(y | x_t, t): reads NOISY images x_t at any timestep t. Its gradient
                       ∇_{x_t} log p_φ(y | x_t) is the "adversarial gradient" that classifier

@@ -1,4 +1,4 @@
-"""The text side of lesson 06: a caption tokenizer and a tiny CLIP trained by the course.
+"""The text side of lesson 07: a caption tokenizer and a tiny CLIP trained by the course.
 
 Stable Diffusion turns a prompt into the matrix its UNet cross-attends to in two steps:
 

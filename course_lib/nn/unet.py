@@ -1,8 +1,8 @@
 """The denoising UNet eps_theta(x_t, t, y): one class for every lesson.
 
-The same ``UNet2DConditionModel`` is the small class-conditional digits model of lessons 02-04
+The same ``UNet2DConditionModel`` is the small class-conditional digits model of lessons 02-05
 (no cross-attention; y is a class label whose embedding is added to the time embedding) and
-the latent text-to-image UNet of lessons 06-09 (y is a prompt read through cross-attention),
+the latent text-to-image UNet of lessons 07-10 (y is a prompt read through cross-attention),
 up to Stable Diffusion v1.x itself. Module names follow diffusers' ``UNet2DConditionModel``, so
 a diffusers model's ``state_dict()`` loads into ours with ``strict=True`` and back, and SD
 checkpoints load by key.
@@ -27,7 +27,7 @@ diffusers block type -> class here:
         diffusers' UNet2DConditionModel is a single ResnetBlock2D without attention) / no mid block
 
 The building blocks (ResnetBlock2D, Timesteps, TimestepEmbedding, Downsample2D, Upsample2D) take
-a few explicit arguments so other networks (the noise-aware classifier of lesson 03) reuse them.
+a few explicit arguments so other networks (the noise-aware classifier of lesson 04) reuse them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The KL autoencoder of latent diffusion (lesson 05): images x <-> latents z.
+"""The KL autoencoder of latent diffusion (lesson 06): images x <-> latents z.
 
 Stable Diffusion does not denoise pixels. An autoencoder, trained once and then frozen, maps an
 image x (B, 3, H, W) to a latent z (B, 4, H/8, W/8) and back; the UNet works on z, which holds
