@@ -636,7 +636,7 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
         "all": share with every asked attribute right, "color_and_shape": share with both right}
     """
     from .captions import ATTRIBUTES
-    from .train import split_attribute_logits
+    from .nn.classifier import split_attribute_logits
 
     images = _check_images(images).clamp(-1, 1)
     if isinstance(wanted, dict):  # ids per attribute -> one dict of values per picture

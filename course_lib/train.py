@@ -48,7 +48,8 @@ from .checks import check_choice, check_int_range
 from .captions import ATTRIBUTES
 from .datasets import digits_tensors, shapes_attributes, shapes_tensors
 from .diffusion import diffusion_training_loss, q_sample
-from .nn.classifier import (ClassifierConfig, JudgeClassifier, JudgeConfig, NoisyClassifier, judge_loss,
+from .nn.classifier import (SHAPES_JUDGE_HEADS, split_attribute_logits,  # noqa: F401 (re-exported)
+                            ClassifierConfig, JudgeClassifier, JudgeConfig, NoisyClassifier, judge_loss,
                             noisy_classifier_loss)
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
@@ -360,17 +361,6 @@ _register(Recipe(
 # ---------------------------------------------------------------------------------------------
 # The shapes world (lessons 06-09): the judge, the autoencoder, the tiny CLIP, the latent UNet
 # ---------------------------------------------------------------------------------------------
-
-SHAPES_JUDGE_HEADS = {name: len(values) for name, values in ATTRIBUTES.items()}  # shape 3, color 6, size 2, position 5
-
-
-def split_attribute_logits(logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The shapes judge's logits (B, 16) cut into its four heads: {"shape": (B, 3), "color": (B, 6), ...}."""
-    if logits.ndim != 2 or logits.shape[1] != sum(SHAPES_JUDGE_HEADS.values()):
-        raise ValueError(f"logits has shape {tuple(logits.shape)}, expected (B, {sum(SHAPES_JUDGE_HEADS.values())}): "
-                         f"one logit per value of each attribute {SHAPES_JUDGE_HEADS}.")
-    return dict(zip(SHAPES_JUDGE_HEADS, logits.split(list(SHAPES_JUDGE_HEADS.values()), dim=1)))
-
 
 def shapes_judge_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator) -> torch.Tensor:
     """Sum over the four attributes a of the cross-entropy -log p(y_a | x) of the judge's head a."""

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from course_lib.captions import ATTRIBUTES
 from course_lib.checks import check_floating, check_int_range, check_labels, check_timesteps
 from course_lib.diffusion import q_sample
 from course_lib.nn.unet import DownBlock2D, MidBlock2D, TimestepEmbedding, Timesteps
@@ -43,6 +44,8 @@ __all__ = [
     "random_shift",
     "noisy_classifier_loss",
     "judge_loss",
+    "SHAPES_JUDGE_HEADS",
+    "split_attribute_logits",
 ]
 
 
@@ -375,3 +378,22 @@ def judge_loss(
     x = random_shift(x, max_shift, generator)
     # L = -log p(y | x)
     return F.cross_entropy(model(x), labels.to(x.device))
+
+
+# ----------------------------------------------------------------------------------------------
+# The shapes judge: one network, four heads (shape, colour, size, position)
+# ----------------------------------------------------------------------------------------------
+
+SHAPES_JUDGE_HEADS = {name: len(values) for name, values in ATTRIBUTES.items()}  # shape 3, color 6, size 2, position 5
+
+
+def split_attribute_logits(logits: torch.Tensor, heads: dict[str, int] = SHAPES_JUDGE_HEADS) -> dict[str, torch.Tensor]:
+    """The shapes judge's logits (B, 16) cut into its four heads: {"shape": (B, 3), "color": (B, 6), ...}.
+
+    :param heads: attribute -> number of values, in the order of the logits (a judge of an extended
+        world, e.g. with a seventh colour, passes its own)
+    """
+    if logits.ndim != 2 or logits.shape[1] != sum(heads.values()):
+        raise ValueError(f"logits has shape {tuple(logits.shape)}, expected (B, {sum(heads.values())}): "
+                         f"one logit per value of each attribute {heads}.")
+    return dict(zip(heads, logits.split(list(heads.values()), dim=1)))
