@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from course_lib import exercises
+from course_lib.exercises.grading import NOT_DONE
 
 from _exercise_harness import assert_correct, run
-
-
 
 
 def per_item(values):
@@ -263,7 +262,7 @@ def _value_error():
 def test_not_implemented_says_not_done(check, num_args, capsys):
     verdict, out = run(check, _stub(num_args, _not_implemented), capsys)
     assert verdict is False
-    assert out.strip() == exercises.NOT_DONE
+    assert out.strip() == NOT_DONE
     assert out.startswith("⏳ Not done yet: replace `raise NotImplementedError()` with your code")
 
 

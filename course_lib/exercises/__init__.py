@@ -1,0 +1,85 @@
+"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-09).
+
+In each exercise the learner writes a function between nbgrader's ``### BEGIN SOLUTION`` and
+``### END SOLUTION`` markers, and the next cell checks it:
+
+    exercises.check_q_sample(q_sample_mine)
+
+A check runs the function on a few seeded inputs (several shapes; batches with a different t
+per image), compares the result with course_lib's own implementation, and prints a verdict of
+two to four lines:
+
+    ✅ Correct: ...        what was verified
+    ❌ Not yet: ...        what differs, expected against received, and a hint
+    ⏳ Not done yet: ...   the function still raises NotImplementedError (the student version)
+
+It returns True or False and never raises, so a notebook runs to the end either way; an
+nbgrader test cell can ``assert exercises.check_q_sample(q_sample_mine)``.
+
+How the hint is chosen: each check also computes what the typical mistakes return (a wrong
+sign, ``alpha_bar[t - 1]``, a missing square root, swapped arguments, Ho & Salimans' w for the
+guidance scale, ...). When the learner's result equals one of them, the hint names that mistake;
+otherwise it restates the formula.
+
+===============================  =============================================  ======
+check                            the learner's function                         lesson
+===============================  =============================================  ======
+``check_q_sample``               fn(x0, t, noise, alpha_bar) -> x_t             01
+``check_alpha_bar``              fn(betas) -> alphas_cumprod                    01
+``check_pred_x0``                fn(x_t, eps, alpha_bar_t) -> pred_x0           02
+``check_ddim_step``              fn(x_t, eps, alpha_bar_t, alpha_bar_prev)      02
+``check_classifier_guided_eps``  fn(eps, grad_log_prob, alpha_bar_t, scale)     04
+``check_bayes_score``            fn(score_uncond, grad_log_p_y_given_x, scale)  04
+``check_cfg``                    fn(eps_uncond, eps_cond, guidance_scale)       05
+``check_batch_of_two``           fn(model, x, t, labels, null_label)            05
+                                 -> (eps_uncond, eps_cond), one forward pass
+``check_kl_diagonal_gaussian``   fn(mean, logvar) -> KL(q(z|x) || N(0, I))      06
+                                 per image, shape (B,)
+``check_reparameterise``         fn(mean, logvar, eps) -> z = mu + sigma·eps    06
+``check_cross_attention``        fn(q, k, v) -> softmax(Q K^T / sqrt(d)) V      07
+                                 per head, q (B, h, N, d), k and v (B, h, L, d)
+``check_clip_contrastive_loss``  fn(image_embeds, text_embeds, logit_scale)     07
+                                 -> CLIP's symmetric loss, a scalar
+``check_guided_noise``           fn(unet, latents, t, prompt_embeds,            08
+                                 negative_prompt_embeds, guidance_scale) -> eps,
+                                 one UNet pass over the batch of two
+``check_decode_latents``         fn(vae, latents) -> images in [0, 1]           08
+``check_euler_step``             fn(x, eps, sigma, sigma_next) -> x_next,       09
+                                 one Euler step of the ODE in sigma
+``check_img2img_timesteps``      fn(timesteps, strength) -> the timesteps       09
+                                 img2img runs, timesteps[n - int(n strength):]
+===============================  =============================================  ======
+
+The package holds the grading engine (:mod:`.grading`: running the learner's function, comparing,
+every verdict's wording) and one module per lesson with that lesson's checks
+(:mod:`.lesson01`, :mod:`.lesson02`, :mod:`.lesson04` ... :mod:`.lesson09`). Notebooks import
+the package and call ``exercises.check_...``; every check is re-exported here.
+"""
+
+from .lesson01 import check_alpha_bar, check_q_sample
+from .lesson02 import check_ddim_step, check_pred_x0
+from .lesson04 import check_bayes_score, check_classifier_guided_eps
+from .lesson05 import check_batch_of_two, check_cfg
+from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
+from .lesson07 import check_clip_contrastive_loss, check_cross_attention
+from .lesson08 import check_decode_latents, check_guided_noise
+from .lesson09 import check_euler_step, check_img2img_timesteps
+
+__all__ = [
+    "check_q_sample",
+    "check_alpha_bar",
+    "check_pred_x0",
+    "check_ddim_step",
+    "check_classifier_guided_eps",
+    "check_bayes_score",
+    "check_cfg",
+    "check_batch_of_two",
+    "check_kl_diagonal_gaussian",
+    "check_reparameterise",
+    "check_cross_attention",
+    "check_clip_contrastive_loss",
+    "check_guided_noise",
+    "check_decode_latents",
+    "check_euler_step",
+    "check_img2img_timesteps",
+]

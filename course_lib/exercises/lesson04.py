@@ -1,0 +1,142 @@
+"""The exercises of lesson 04, classifier guidance: the guided noise and the score by Bayes' rule."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..diffusion import score_from_eps
+from ..guidance import classifier_guided_eps, classifier_log_prob_grad
+from .lesson02 import SD_SCHEDULE
+from .grading import Case, grade, hint_for_exception, per_item, seeded, timesteps_text
+
+__all__ = ["check_classifier_guided_eps", "check_bayes_score"]
+
+
+# (shape, timesteps, scale λ, target labels y); t mid-range, where ᾱ_t is far from 0 and 1
+_GUIDANCE_CASES = [
+    ((1, 1, 8, 8), [300], 2.0, [3]),
+    ((3, 1, 16, 16), [100, 450, 700], 3.5, [0, 7, 3]),
+    ((2, 3, 8, 8), [250, 600], 0.5, [9, 1]),
+]
+
+
+def _toy_classifier(seed: int, shape: tuple, num_classes: int = 10):
+    """A seeded noise-aware classifier p(y | x_t, t): classifier(x, t) -> logits (B, K)."""
+    features = shape[1] * shape[2] * shape[3]
+    weight = 0.5 * seeded(seed, features, num_classes)
+    time_weight = seeded(seed + 1, 1, num_classes)
+
+    def classifier(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.to(x.dtype).reshape(-1, 1)  # (B, 1)
+        return torch.tanh(x.flatten(1)) @ weight + (t / 1000) @ time_weight  # (B, K)
+
+    return classifier
+
+
+def _guidance_inputs(seed: int, shape, timesteps, labels):
+    """x_t, eps, t, y, the classifier and its gradient ∇_{x_t} log p(y | x_t) for one case."""
+    t, y = torch.tensor(timesteps), torch.tensor(labels)
+    x_t = seeded(80 + seed, *shape)
+    eps = seeded(90 + seed, *shape)
+    classifier = _toy_classifier(100 + 10 * seed, shape)
+    grad = classifier_log_prob_grad(classifier, x_t, t, y)
+    return x_t, eps, t, y, classifier, grad
+
+
+def check_classifier_guided_eps(fn: Callable) -> bool:
+    """Check ``fn(eps, grad_log_prob, alpha_bar_t, scale) -> eps_hat`` (lesson 04).
+
+    ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇_{x_t} log p(y | x_t) (Dhariwal & Nichol 2021, Algorithm 2).
+
+    :param fn: the learner's function; ``eps`` and ``grad_log_prob`` are (B, C, H, W),
+        ``alpha_bar_t`` is (B, 1, 1, 1), ``scale`` a number λ
+    :return: True if fn agrees with :func:`course_lib.guidance.classifier_guided_eps` on every case
+    """
+    cases = []
+    for seed, (shape, timesteps, scale, labels) in enumerate(_GUIDANCE_CASES):
+        x_t, eps, t, y, classifier, grad = _guidance_inputs(seed, shape, timesteps, labels)
+        alpha_bar = SD_SCHEDULE.alphas_cumprod[t]
+        a = per_item(alpha_bar)
+
+        def mistakes(eps=eps, grad=grad, a=a, s=scale):
+            return [
+                ("check the sign: the score is -ε / sqrt(1 - ᾱ_t), so adding λ·∇log p(y|x_t) to the score "
+                 "subtracts sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) from ε.", lambda: eps + (1 - a).sqrt() * s * grad),
+                ("you forgot the square root: the factor is sqrt(1 - ᾱ_t), the noise level of x_t.",
+                 lambda: eps - (1 - a) * s * grad),
+                ("the factor is sqrt(1 - ᾱ_t), not sqrt(ᾱ_t): it converts a score into ε "
+                 "(ε = -sqrt(1 - ᾱ_t)·score).", lambda: eps - a.sqrt() * s * grad),
+                ("multiply the gradient by sqrt(1 - ᾱ_t) to turn it from a score into ε units.",
+                 lambda: eps - s * grad),
+                ("multiply by sqrt(1 - ᾱ_t), do not divide: ε = -sqrt(1 - ᾱ_t)·score.",
+                 lambda: eps - s * grad / (1 - a).sqrt()),
+                ("you forgot the guidance scale λ (scale) on the classifier term.",
+                 lambda: eps - (1 - a).sqrt() * grad),
+            ]
+
+        cases.append(Case(
+            args=(eps, grad, a, scale),
+            expected=classifier_guided_eps(eps, x_t, t, y, classifier, scale, alpha_bar),
+            where=f"for eps of shape {shape}, {timesteps_text(t)}, scale = {scale}",
+            mistakes=mistakes(),
+        ))
+    return grade(
+        fn, cases, check_name="check_classifier_guided_eps", result_name="eps_hat",
+        success="ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) matches course_lib.guidance.classifier_guided_eps "
+                "on 3 batches, scales 0.5 to 3.5.",
+        generic_hint="ε̂ = ε - sqrt(1 - ᾱ_t)·scale·grad_log_prob (the score is -ε / sqrt(1 - ᾱ_t)).",
+        shape_hint="eps_hat has the shape of eps; alpha_bar_t is already (B, 1, 1, 1).",
+        exception_hint=hint_for_exception("(eps, grad_log_prob, alpha_bar_t, scale)",
+                                           "ε - sqrt(1 - ᾱ_t)·scale·grad_log_prob"),
+    )
+
+
+def check_bayes_score(fn: Callable) -> bool:
+    """Check ``fn(score_uncond, grad_log_p_y_given_x, scale) -> conditional score`` (lesson 04).
+
+    Bayes' rule with a weight λ on the classifier (notes, eq. 3-5):
+    ∇log p(x_t | y) = ∇log p(x_t) + λ·∇log p(y | x_t).
+
+    :param fn: the learner's function; the two gradients are (B, C, H, W), ``scale`` a number λ
+    :return: True if fn agrees with course_lib on every case
+    """
+    cases = []
+    for seed, (shape, timesteps, scale, labels) in enumerate(_GUIDANCE_CASES):
+        x_t, eps, t, y, classifier, grad = _guidance_inputs(seed, shape, timesteps, labels)
+        score = score_from_eps(eps, t, SD_SCHEDULE)
+        # course_lib implements eq. 5 in ε form (guidance.classifier_guided_eps); the score of the
+        # guided ε̂ is the conditional score, ∇log p(x_t) + λ ∇log p(y | x_t)
+        eps_hat = classifier_guided_eps(eps, x_t, t, y, classifier, scale, SD_SCHEDULE.alphas_cumprod[t])
+        expected = score_from_eps(eps_hat, t, SD_SCHEDULE)
+
+        def mistakes(score=score, grad=grad, s=scale):
+            return [
+                ("check the sign: Bayes' rule adds the log-probabilities, log p(x_t|y) = log p(x_t) + "
+                 "log p(y|x_t) - log p(y), so the gradients add.", lambda: score - s * grad),
+                ("you forgot the weight λ (scale) on the classifier gradient.", lambda: score + grad),
+                ("λ weighs only the classifier gradient, not the unconditional score: "
+                 "score_uncond + scale·grad.", lambda: s * (score + grad)),
+                ("λ multiplies the classifier gradient, not the unconditional score.",
+                 lambda: s * score + grad),
+                ("that is the mix of classifier-free guidance (eq. 8). Here λ only weighs the classifier "
+                 "gradient (eq. 5): score_uncond + scale·grad.", lambda: (1 - s) * score + s * grad),
+            ]
+
+        cases.append(Case(
+            args=(score, grad, scale),
+            expected=expected,
+            where=f"for scores of shape {shape}, scale = {scale}",
+            mistakes=mistakes(),
+        ))
+    return grade(
+        fn, cases, check_name="check_bayes_score", result_name="the conditional score",
+        success="∇log p(x_t|y) = ∇log p(x_t) + λ·∇log p(y|x_t) (notes, eq. 5) matches course_lib's "
+                "classifier guidance on 3 batches, scales 0.5 to 3.5.",
+        generic_hint="by Bayes' rule the gradients add, with the weight λ on the classifier term: "
+                     "score_uncond + scale·grad_log_p_y_given_x.",
+        shape_hint="the conditional score has the shape of score_uncond.",
+        exception_hint=hint_for_exception("(score_uncond, grad_log_p_y_given_x, scale)",
+                                           "score_uncond + scale·grad_log_p_y_given_x"),
+    )

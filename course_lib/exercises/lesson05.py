@@ -1,0 +1,178 @@
+"""The exercises of lesson 05, classifier-free guidance: the formula and the batch-of-two trick."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..guidance import cfg
+from .grading import (
+    Case, CountingModel, call_learner, close, correct, grade, hint_for_exception, is_function, not_yet,
+    seeded, timesteps_text, too_many_calls, wrong_value,
+)
+
+__all__ = ["check_cfg", "check_batch_of_two"]
+
+_CFG_CASES = [((1, 4, 8, 8), 7.5), ((3, 1, 16, 16), 2.0), ((2, 3, 8, 8), 1.0)]
+
+
+def check_cfg(fn: Callable) -> bool:
+    """Check ``fn(eps_uncond, eps_cond, guidance_scale) -> guided eps`` (lesson 05).
+
+    Diffusers' convention: ε̃ = ε_uncond + s·(ε_cond - ε_uncond); s = 1 is no guidance, and
+    Ho & Salimans' weight is w = s - 1.
+
+    :param fn: the learner's function; both predictions are (B, C, H, W), the scale a number
+    :return: True if fn agrees with :func:`course_lib.guidance.cfg` on every case
+    """
+    cases = []
+    for seed, (shape, s) in enumerate(_CFG_CASES):
+        u = seeded(110 + seed, *shape)
+        c = 0.7 * u + 0.5 * seeded(120 + seed, *shape)  # correlated, as a model's two predictions are
+
+        def mistakes(u=u, c=c, s=s):
+            return [
+                ("you swapped eps_uncond and eps_cond: start from the unconditional prediction and move "
+                 "toward the conditional one, eps_uncond + s·(eps_cond - eps_uncond).",
+                 lambda: c + s * (u - c)),
+                ("you used guidance_scale as Ho & Salimans' w, (1 + w)·eps_cond - w·eps_uncond. Here "
+                 "guidance_scale follows diffusers: w = guidance_scale - 1, and scale 1 gives eps_cond.",
+                 lambda: c + s * (c - u)),
+                ("off by one in the scale: with diffusers' convention, guidance_scale = 1 must give eps_cond "
+                 "(no guidance): eps_uncond + s·(eps_cond - eps_uncond).", lambda: u + (s - 1) * (c - u)),
+                ("check the sign: guidance moves toward the conditional prediction, "
+                 "eps_uncond + s·(eps_cond - eps_uncond).", lambda: u - s * (c - u)),
+                ("you returned only the guidance term s·(eps_cond - eps_uncond); add it to eps_uncond.",
+                 lambda: s * (c - u)),
+                ("you returned eps_cond unchanged; combine both predictions with the scale.", lambda: c),
+                ("you returned eps_uncond unchanged; combine both predictions with the scale.", lambda: u),
+            ]
+
+        cases.append(Case(
+            args=(u, c, s),
+            expected=cfg(u, c, s),
+            where=f"for eps of shape {shape}, guidance_scale = {s}",
+            mistakes=mistakes(),
+        ))
+    return grade(
+        fn, cases, check_name="check_cfg", result_name="the guided eps",
+        success="eps_uncond + s·(eps_cond - eps_uncond) matches course_lib.guidance.cfg for scales 7.5, 2 "
+                "and 1 (scale 1 gives eps_cond: no guidance).",
+        generic_hint="ε̃ = eps_uncond + guidance_scale·(eps_cond - eps_uncond) (notes, eq. 8).",
+        shape_hint="the guided eps has the shape of eps_cond.",
+        exception_hint=hint_for_exception("(eps_uncond, eps_cond, guidance_scale)",
+                                           "eps_uncond + guidance_scale·(eps_cond - eps_uncond)"),
+    )
+
+
+class _ToyDenoiser(nn.Module):
+    """A class-conditional stand-in with the course UNet's signature and argument checks.
+
+    model(sample, timestep, encoder_hidden_states=None, class_labels=None) -> eps of sample's
+    shape; images do not interact, so one pass over a batch equals passes over its parts.
+    """
+
+    def __init__(self, num_class_embeds: int = 11):
+        super().__init__()
+        self.num_class_embeds = num_class_embeds
+        self.register_buffer("class_embedding", seeded(130, num_class_embeds))
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, class_labels=None):
+        B = sample.shape[0]
+        if encoder_hidden_states is not None:
+            raise ValueError("This model has no cross-attention, so it cannot use encoder_hidden_states. "
+                             "Pass the labels by name: model(x, t, class_labels=labels).")
+        if class_labels is None:
+            raise ValueError("This model needs class_labels: model(x, t, class_labels=labels).")
+        timestep = torch.as_tensor(timestep).reshape(-1)
+        class_labels = torch.as_tensor(class_labels).reshape(-1)
+        for name, value in (("timestep", timestep), ("class_labels", class_labels)):
+            if value.numel() not in (1, B):
+                raise ValueError(f"{name} has {value.numel()} entries but sample has {B} images.")
+        t = timestep.expand(B).to(sample.dtype).reshape(-1, 1, 1, 1)
+        y = self.class_embedding[class_labels.long().expand(B)].reshape(-1, 1, 1, 1)
+        return torch.tanh(sample + 0.5 * sample.roll(1, dims=-1) + y) * torch.cos(t / 300) + 0.1 * y
+
+
+_BATCH_OF_TWO_CASES = [((1, 1, 8, 8), [500], [3]), ((3, 1, 16, 16), [900, 400, 20], [0, 7, 3]),
+                       ((2, 3, 8, 8), [650, 120], [9, 9])]
+_NULL_LABEL = 10
+_ONE_PASS = ("x_in = torch.cat([x, x]); t_in = torch.cat([t, t]); labels_in = torch.cat([torch.full_like("
+             "labels, null_label), labels]); then eps_uncond, eps_cond = model(x_in, t_in, "
+             "class_labels=labels_in).chunk(2).")
+
+
+def _batch_of_two_exception_hint(error: BaseException) -> str:
+    message = str(error)
+    if "timestep has" in message:
+        return "repeat the timesteps for both halves too: t_in = torch.cat([t, t])."
+    if "class_labels has" in message:
+        return "give one label per image of the batch of two: torch.cat([torch.full_like(labels, null_label), labels])."
+    if "class_labels" in message or "encoder_hidden_states" in message:
+        return "pass the labels by name: model(x_in, t_in, class_labels=labels_in)."
+    if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+        return "your function must take exactly these arguments, in this order: (model, x, t, labels, null_label)."
+    return _ONE_PASS
+
+
+def check_batch_of_two(fn: Callable) -> bool:
+    """Check ``fn(model, x, t, labels, null_label) -> (eps_uncond, eps_cond)``, the batch-of-two trick (lesson 05).
+
+    The function must call the model once, on ``torch.cat([x, x])`` with the null label for the
+    first half, and split the output with ``chunk(2)``; the check counts the model's calls and
+    compares with two separate passes.
+
+    :param fn: the learner's function; ``model(sample, timestep, class_labels=...)`` has the
+        course UNet's signature, ``x`` is (B, C, H, W), ``t`` and ``labels`` LongTensors (B,),
+        ``null_label`` an int
+    :return: True if the values are right and the model was called once per case
+    """
+    if not is_function(fn, "check_batch_of_two"):
+        return False
+    base = _ToyDenoiser(num_class_embeds=_NULL_LABEL + 1)
+    for seed, (shape, timesteps, labels) in enumerate(_BATCH_OF_TWO_CASES):
+        x = seeded(140 + seed, *shape)
+        t, y = torch.tensor(timesteps), torch.tensor(labels)
+        with torch.no_grad():
+            eps_uncond = base(x, t, class_labels=torch.full_like(y, _NULL_LABEL))
+            eps_cond = base(x, t, class_labels=y)
+        where = f"for x of shape {shape}, {timesteps_text(t)}, labels = {labels}"
+        model = CountingModel(base)
+        ok, got = call_learner(fn, (model, x, t, y, _NULL_LABEL), _batch_of_two_exception_hint)
+        if not ok:
+            return False
+        if isinstance(got, torch.Tensor):
+            what = ("the whole batch of two; split it with .chunk(2)" if got.shape[:1] == (2 * shape[0],)
+                    else f"one tensor of shape {tuple(got.shape)}")
+            return not_yet(f"your function returned {what}, expected the pair (eps_uncond, eps_cond).",
+                           "return both halves: eps_uncond, eps_cond = out.chunk(2); return eps_uncond, eps_cond.")
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            received = "None" if got is None else (
+                f"a {type(got).__name__} of length {len(got)}" if isinstance(got, (tuple, list)) else
+                f"a {type(got).__name__}")
+            return not_yet(f"your function returned {received}, expected the pair (eps_uncond, eps_cond).",
+                           "end with `return eps_uncond, eps_cond`.")
+        mistakes = [
+            ("the halves are swapped: chunk(2) returns them in the order of torch.cat, so put the null "
+             "labels first: torch.cat([torch.full_like(labels, null_label), labels]).",
+             (eps_cond, eps_uncond)),
+            ("both halves saw the null label: the second half needs the real labels.", (eps_uncond, eps_uncond)),
+            ("both halves saw the real labels: the first half needs null_label for every image.",
+             (eps_cond, eps_cond)),
+        ]
+        for name, received, expected in (("eps_uncond", got[0], eps_uncond), ("eps_cond", got[1], eps_cond)):
+            if close(received, expected):
+                continue
+            hint = next((h for h, pair in mistakes if close(got[0], pair[0]) and close(got[1], pair[1])), None)
+            shape_hint = f"each half has the shape of x, {shape}: split the output with .chunk(2)."
+            lines = wrong_value(received, Case((), expected, where), name, hint or _ONE_PASS, hint or shape_hint)
+            print("\n".join(lines))
+            return False
+        calls = len(model.batch_sizes)
+        if calls != 1:
+            return too_many_calls("the model", calls, where,
+                                  f"the batch-of-two trick needs ONE forward pass: {_ONE_PASS}")
+    return correct("one forward pass over torch.cat([x, x]) gives the same eps_uncond and eps_cond as two "
+                   "separate passes (3 batches, one t per image).")

@@ -1,0 +1,163 @@
+"""The exercises of lesson 07, text conditioning: cross-attention and CLIP's contrastive loss."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..nn.text import contrastive_loss
+from .grading import Case, grade, seeded
+
+__all__ = ["check_cross_attention", "check_clip_contrastive_loss"]
+
+
+# (batch, heads, N image positions, L prompt tokens, d channels per head). The first case has
+# L == d, so Q K (K not transposed) runs and gives a wrong value the check can name; all have
+# N != L, so a softmax over the wrong axis is told apart, and the second has L != d (sqrt(L)).
+_ATTENTION_CASES = [(2, 4, 16, 8, 8), (1, 1, 6, 5, 4), (3, 2, 64, 16, 8)]
+_ATTENTION_FORMULA = "softmax(Q Kᵀ / √d) V: (q @ k.transpose(-2, -1) / d ** 0.5).softmax(dim=-1) @ v"
+
+
+def _attention_exception_hint(error: BaseException) -> str:
+    message = str(error)
+    if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+        return "your function must take exactly these arguments, in this order: (q, k, v)."
+    if any(words in message for words in ("size of tensor", "must match", "mat1", "Expected size", "shapes cannot")):
+        return ("transpose only the last two axes of K: k.transpose(-2, -1) has shape (B, h, d, L), so "
+                "q @ k.transpose(-2, -1) is (B, h, N, L): one score per image position and prompt token.")
+    return f"compute {_ATTENTION_FORMULA}."
+
+
+def check_cross_attention(fn: Callable) -> bool:
+    """Check ``fn(q, k, v) -> softmax(Q Kᵀ / √d) V`` per head (lesson 07).
+
+    Cross-attention: the queries come from the image positions, the keys and values from the
+    prompt's tokens. The inputs are already split into heads, as inside the UNet's ``attn2``.
+
+    :param fn: the learner's function; ``q`` is (B, h, N, d), ``k`` and ``v`` are (B, h, L, d)
+    :return: True if fn agrees with ``torch.nn.functional.scaled_dot_product_attention`` on every case
+    """
+
+    cases = []
+    for seed, (B, h, N, L, d) in enumerate(_ATTENTION_CASES):
+        q = 1.5 * seeded(190 + seed, B, h, N, d)  # scores of a few units: the scaling matters
+        k = 1.5 * seeded(200 + seed, B, h, L, d)
+        v = seeded(210 + seed, B, h, L, d)
+
+        def mistakes(q=q, k=k, v=v, L=L, d=d):
+            scores = q @ k.transpose(-2, -1)  # (B, h, N, L)
+            return [
+                ("you forgot the scaling: divide the scores by √d before the softmax, "
+                 "(q @ k.transpose(-2, -1)) / d ** 0.5.", lambda: scores.softmax(-1) @ v),
+                ("you divided by d; the scores are divided by √d (the square root of the channels per head).",
+                 lambda: (scores / d).softmax(-1) @ v),
+                ("you multiplied by √d; the scores are divided by it.",
+                 lambda: (scores * math.sqrt(d)).softmax(-1) @ v),
+                ("you divided by √L (L prompt tokens); the scale is √d, d = q.shape[-1], the channels per head.",
+                 lambda: (scores / math.sqrt(L)).softmax(-1) @ v),
+                ("the softmax runs over the wrong axis: each image position (a row of the scores) shares its "
+                 "attention among the L prompt tokens, so softmax(dim=-1), over the keys.",
+                 lambda: (scores / math.sqrt(d)).softmax(-2) @ v),
+                ("K is not transposed: the scores are Q Kᵀ, q @ k.transpose(-2, -1), (B, h, N, L).",
+                 lambda: (q @ k / math.sqrt(d)).softmax(-1) @ v),
+                ("you returned the attention weights softmax(Q Kᵀ / √d), (B, h, N, L); multiply them by V.",
+                 lambda: (scores / math.sqrt(d)).softmax(-1)),
+                ("K and V are swapped: the scores compare Q with K, and the weights average V.",
+                 lambda: (q @ v.transpose(-2, -1) / math.sqrt(d)).softmax(-1) @ k),
+                ("the weights multiply V after the softmax; a softmax of the product mixes things up.",
+                 lambda: (scores / math.sqrt(d) @ v).softmax(-1)),
+            ]
+
+        cases.append(Case(
+            args=(q, k, v),
+            expected=F.scaled_dot_product_attention(q, k, v),
+            where=f"for q of shape {(B, h, N, d)} and k, v of shape {(B, h, L, d)}",
+            mistakes=mistakes(),
+        ))
+    return grade(
+        fn, cases, check_name="check_cross_attention", result_name="the attention output",
+        success="softmax(Q Kᵀ / √d) V matches torch's F.scaled_dot_product_attention for 3 batches "
+                "(4, 1 and 2 heads; 8, 5 and 16 prompt tokens).",
+        generic_hint=_ATTENTION_FORMULA + ".",
+        shape_hint="the output has one d-vector per head and image position: (B, h, N, d), the shape of q.",
+        exception_hint=_attention_exception_hint,
+    )
+
+
+# (B pairs, P channels, logit_scale = log(1 / tau)); CLIP starts at log(1 / 0.07) = 2.6592
+_CONTRASTIVE_CASES = [(4, 8, 2.6592), (8, 16, 4.0), (5, 8, 1.0)]
+_CONTRASTIVE_FORMULA = ("logits = logit_scale.exp() * image_embeds @ text_embeds.T; then the mean of "
+                        "F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets), "
+                        "targets = torch.arange(B)")
+
+
+def check_clip_contrastive_loss(fn: Callable) -> bool:
+    """Check ``fn(image_embeds, text_embeds, logit_scale) -> CLIP's symmetric contrastive loss`` (lesson 07).
+
+    With s_ij = exp(logit_scale) v_i · t_j, the loss is the mean of the cross-entropy along the
+    rows (each image picks its caption) and along the columns (each caption picks its image),
+    the diagonal being the right answers.
+
+    :param fn: the learner's function; the embeddings are unit vectors (B, P), row i of each a
+        matching pair; ``logit_scale`` is a scalar tensor, log(1 / τ), as ``CLIPModel.logit_scale``
+    :return: True if fn agrees with :func:`course_lib.nn.text.contrastive_loss` on every case
+    """
+
+    cases = []
+    for seed, (B, P, scale) in enumerate(_CONTRASTIVE_CASES):
+        image_embeds = F.normalize(seeded(220 + seed, B, P), dim=-1)
+        # captions that partly match their image, as a half-trained CLIP's do
+        text_embeds = F.normalize(image_embeds + 0.8 * seeded(230 + seed, B, P), dim=-1)
+        logit_scale = torch.tensor(scale)
+
+        def mistakes(v=image_embeds, t=text_embeds, s=scale, B=B):
+            target = torch.arange(B)
+            cosines = v @ t.T  # (B, B)
+            logits = math.exp(s) * cosines
+            rows, columns = F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
+            return [
+                ("only one direction: that is each image choosing its caption (the rows). Add the other, each "
+                 "caption choosing its image (the columns, logits.T), and average the two.", lambda: rows),
+                ("only one direction: that is each caption choosing its image (the columns). Add the other, "
+                 "each image choosing its caption (the rows), and average the two.", lambda: columns),
+                ("you added the two directions; CLIP averages them: (loss_rows + loss_columns) / 2.",
+                 lambda: rows + columns),
+                ("the temperature is missing: multiply the cosines by exp(logit_scale) = 1 / τ before the "
+                 "cross-entropy.", lambda: (F.cross_entropy(cosines, target) + F.cross_entropy(cosines.T, target)) / 2),
+                ("logit_scale is log(1 / τ): multiply by logit_scale.exp(), not by logit_scale itself.",
+                 lambda: (F.cross_entropy(s * cosines, target) + F.cross_entropy(s * cosines.T, target)) / 2),
+                ("you divided by exp(logit_scale); exp(logit_scale) = 1 / τ multiplies the cosines.",
+                 lambda: (F.cross_entropy(cosines / math.exp(s), target)
+                          + F.cross_entropy(cosines.T / math.exp(s), target)) / 2),
+                ("you summed over the batch; the loss is a mean over the B pairs (cross_entropy's default).",
+                 lambda: (F.cross_entropy(logits, target, reduction="sum")
+                          + F.cross_entropy(logits.T, target, reduction="sum")) / 2),
+            ]
+
+        cases.append(Case(
+            args=(image_embeds, text_embeds, logit_scale),
+            expected=contrastive_loss(image_embeds, text_embeds, logit_scale),
+            where=f"for {B} pairs of {P}-dim embeddings, logit_scale = {scale}",
+            mistakes=mistakes(),
+        ))
+
+    def exception_hint(error: BaseException) -> str:
+        message = str(error)
+        if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+            return ("your function must take exactly these arguments, in this order: "
+                    "(image_embeds, text_embeds, logit_scale).")
+        if "must be real number" in message or "not Tensor" in message:
+            return "logit_scale is a tensor: use logit_scale.exp() (torch), not math.exp(logit_scale)."
+        return f"compute {_CONTRASTIVE_FORMULA}."
+
+    return grade(
+        fn, cases, check_name="check_clip_contrastive_loss", result_name="the loss",
+        success="the symmetric loss, (CE over rows + CE over columns) / 2 with logits exp(logit_scale)·v·tᵀ, "
+                "matches course_lib.nn.text.contrastive_loss for 3 batches.",
+        generic_hint=_CONTRASTIVE_FORMULA + ".",
+        shape_hint="the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch.",
+        exception_hint=exception_hint,
+    )

@@ -1,0 +1,237 @@
+"""The exercises of lesson 08, the Stable Diffusion pipeline: the guided noise of one step and decoding the latents."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..guidance import cfg
+from .grading import (
+    Case, CountingModel, call_learner, correct, grade, is_function, not_yet, seeded, too_many_calls,
+    wrong_value,
+)
+
+__all__ = ["check_guided_noise", "check_decode_latents"]
+
+
+class _ToyTextDenoiser(nn.Module):
+    """A text-conditioned stand-in with the course UNet's signature and argument checks.
+
+    model(sample, timestep, encoder_hidden_states) -> eps of sample's shape; images do not
+    interact, so one pass over a batch equals passes over its parts.
+    """
+
+    def __init__(self, channels: int, text_width: int):
+        super().__init__()
+        self.register_buffer("text_projection", 0.5 * seeded(240, text_width, channels))
+
+    def forward(self, sample, timestep, encoder_hidden_states=None, class_labels=None):
+        if encoder_hidden_states is None:
+            raise ValueError("This UNet cross-attends to the prompt: pass encoder_hidden_states=... (B, L, D).")
+        B = sample.shape[0]
+        if encoder_hidden_states.shape[0] != B:
+            raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} items but sample has {B}.")
+        timestep = torch.as_tensor(timestep).reshape(-1)
+        if timestep.numel() not in (1, B):
+            raise ValueError(f"timestep has {timestep.numel()} entries but sample has {B} images.")
+        t = timestep.expand(B).to(sample.dtype).reshape(-1, 1, 1, 1)
+        # each image reads its own text states: (B, L, D) -> (B, D) -> (B, C, 1, 1)
+        text = (encoder_hidden_states.mean(dim=1) @ self.text_projection)[:, :, None, None]
+        return torch.tanh(sample + 0.5 * sample.roll(1, dims=-1) + text) * torch.cos(t / 300) + 0.1 * text
+
+
+# ((B, C_z, h, w), L tokens, D text width, t, guidance_scale)
+_GUIDED_NOISE_CASES = [((1, 4, 8, 8), 6, 8, 801, 7.5), ((3, 4, 8, 8), 6, 8, 401, 3.0),
+                       ((2, 4, 4, 6), 5, 12, 21, 1.0)]
+_GUIDED_NOISE_RECIPE = ("latent_model_input = torch.cat([latents] * 2); states = torch.cat([negative_prompt_embeds, "
+                        "prompt_embeds]); noise_pred = unet(latent_model_input, t, encoder_hidden_states=states); "
+                        "noise_pred_uncond, noise_pred_text = noise_pred.chunk(2); return noise_pred_uncond + "
+                        "guidance_scale * (noise_pred_text - noise_pred_uncond).")
+
+
+def _guided_noise_exception_hint(error: BaseException) -> str:
+    message = str(error)
+    if "encoder_hidden_states has" in message:
+        found = [int(word) for word in message.replace(".", " ").split() if word.isdigit()]
+        if len(found) == 2 and found[0] < found[1]:
+            return ("the text states must be a batch of two as well: torch.cat([negative_prompt_embeds, "
+                    "prompt_embeds]), one per copy of the latents.")
+        return "the latents must be a batch of two as well: torch.cat([latents] * 2), one copy per text state."
+    if "timestep has" in message:
+        return ("t is one timestep for every image of the batch of two: pass it as it is, unet(latent_model_input, "
+                "t, encoder_hidden_states=states).")
+    if "pass encoder_hidden_states" in message:
+        return "give the UNet the text states by name: unet(latent_model_input, t, encoder_hidden_states=states)."
+    if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+        return ("your function must take exactly these arguments, in this order: "
+                "(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale).")
+    return _GUIDED_NOISE_RECIPE
+
+
+def check_guided_noise(fn: Callable) -> bool:
+    """Check ``fn(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale) -> eps`` (lesson 08).
+
+    The heart of ``StableDiffusionPipeline.__call__``: one UNet pass over the batch of two,
+    latents ``[z_t, z_t]`` with text states ``[c_neg, c]`` (the negative prompt first), the output
+    split with ``chunk(2)`` and combined with classifier-free guidance. The check counts the
+    UNet's calls and compares with two separate passes.
+
+    :param fn: the learner's function; ``unet(sample, timestep, encoder_hidden_states=...)`` has
+        the course UNet's signature, ``latents`` is (B, C_z, h, w), ``t`` an int, both text states
+        (B, L, D), ``guidance_scale`` a number (1 = no guidance)
+    :return: True if the values are right and the UNet was called once per case
+    """
+    if not is_function(fn, "check_guided_noise"):
+        return False
+    for seed, (shape, L, D, t, s) in enumerate(_GUIDED_NOISE_CASES):
+        base = _ToyTextDenoiser(shape[1], D)
+        latents = seeded(250 + seed, *shape)
+        prompt_embeds, negative_prompt_embeds = seeded(260 + seed, shape[0], L, D), seeded(270 + seed, shape[0], L, D)
+        with torch.no_grad():
+            u = base(latents, t, encoder_hidden_states=negative_prompt_embeds)  # eps(z_t, c_neg)
+            c = base(latents, t, encoder_hidden_states=prompt_embeds)  # eps(z_t, c)
+        where = f"for latents of shape {shape}, text states of shape {(shape[0], L, D)}, t = {t}, guidance_scale = {s}"
+        case = Case(
+            args=(latents, t, prompt_embeds, negative_prompt_embeds, s), expected=cfg(u, c, s), where=where,
+            mistakes=[
+                ("the halves are swapped: chunk(2) returns them in the order of torch.cat, and the pipeline puts "
+                 "the negative prompt first, so noise_pred_uncond, noise_pred_text = noise_pred.chunk(2).",
+                 lambda: c + s * (u - c)),
+                ("you used guidance_scale as Ho & Salimans' w; in diffusers' convention the formula is "
+                 "noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                 lambda: c + s * (c - u)),
+                ("off by one in the scale: guidance_scale = 1 must give noise_pred_text (no guidance).",
+                 lambda: u + (s - 1) * (c - u)),
+                ("check the sign: guidance moves away from the negative prompt, toward the prompt.",
+                 lambda: u - s * (c - u)),
+                ("the scale multiplies the difference (noise_pred_text - noise_pred_uncond), not "
+                 "noise_pred_uncond: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                 lambda: s * u + (c - u)),
+                ("the parentheses are missing: guidance_scale * noise_pred_text - noise_pred_uncond + "
+                 "noise_pred_uncond is only guidance_scale * noise_pred_text; scale the difference.",
+                 lambda: s * c),
+                ("you returned the guidance term alone; add it to noise_pred_uncond.", lambda: s * (c - u)),
+                ("you returned the prediction for the prompt alone: did both halves see prompt_embeds? The "
+                 "first half must see negative_prompt_embeds, and the two halves are combined with the scale.",
+                 lambda: c),
+                ("you returned the prediction for the negative prompt alone: the second half must see "
+                 "prompt_embeds, and the two halves are combined with the scale.", lambda: u),
+            ],
+        )
+        model = CountingModel(base)
+        ok, got = call_learner(fn, (model, *case.args), _guided_noise_exception_hint)
+        if not ok:
+            return False
+        if isinstance(got, (tuple, list)):
+            return not_yet(f"your function returned a {type(got).__name__} of {len(got)} items {where}, "
+                           f"expected one tensor of shape {shape}.",
+                           "return the guided noise, noise_pred_uncond + guidance_scale * (noise_pred_text - "
+                           "noise_pred_uncond), not the two halves.")
+        shape_hint = (f"the guided noise has the shape of the latents, {shape}: split the UNet's output of the "
+                      f"batch of two with .chunk(2) and combine the halves.")
+        lines = wrong_value(got, case, "the guided noise", _GUIDED_NOISE_RECIPE, shape_hint)
+        if lines:
+            print("\n".join(lines))
+            return False
+        calls = len(model.batch_sizes)
+        if calls != 1:
+            return too_many_calls("the UNet", calls, where,
+                                  f"the batch of two needs ONE UNet pass: {_GUIDED_NOISE_RECIPE}")
+    return correct("one UNet pass over [latents, latents] with [negative_prompt_embeds, prompt_embeds], split "
+                   "with chunk(2) and combined as uncond + s·(text - uncond), equals the two separate passes "
+                   "(3 batches, scales 7.5, 3 and 1).")
+
+
+class _ToyVAE(nn.Module):
+    """A stand-in for the VAE: ``config.scaling_factor``, ``config.latent_channels`` and ``decode(z)``.
+
+    decode: (B, 4, h, w) -> (B, 3, 2h, 2w), a little beyond [-1, 1] as a real decoder's output can be.
+    """
+
+    def __init__(self, scaling_factor: float, seed: int):
+        super().__init__()
+        self.config = SimpleNamespace(scaling_factor=scaling_factor, latent_channels=4)
+        self.register_buffer("mixing", 0.6 * seeded(280 + seed, 3, 4))
+        self.register_buffer("bias", 0.3 * seeded(290 + seed, 3))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.config.latent_channels:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"decode takes latents (B, {self.config.latent_channels}, h, w), got {got}.")
+        x = torch.einsum("oc,bchw->bohw", self.mixing, z) + self.bias[:, None, None]  # (B, 3, h, w)
+        x = 1.25 * torch.tanh(x)
+        return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (B, 3, 2h, 2w)
+
+
+# ((B, 4, h, w) latents, the VAE's scaling factor)
+_DECODE_CASES = [((1, 4, 4, 4), 0.18215), ((3, 4, 8, 8), 0.871), ((2, 4, 6, 4), 0.5)]
+_DECODE_RECIPE = ("images = vae.decode(latents / vae.config.scaling_factor); "
+                  "return (images / 2 + 0.5).clamp(0, 1)")
+
+
+def check_decode_latents(fn: Callable) -> bool:
+    """Check ``fn(vae, latents) -> images in [0, 1]``, steps 8 and 10 of the pipeline (lesson 08).
+
+    The UNet works on s·z (s = ``vae.config.scaling_factor``, lesson 06), so the loop's latents are
+    divided by s before the decoder, and the decoder's [-1, 1] is mapped to [0, 1] and clipped.
+
+    :param fn: the learner's function; ``vae`` has ``config.scaling_factor`` and ``decode(z)``,
+        ``latents`` is (B, 4, h, w)
+    :return: True if fn returns (vae.decode(latents / s) / 2 + 0.5).clamp(0, 1), (B, 3, H, W), on every case
+    """
+    cases = []
+    for seed, (shape, s) in enumerate(_DECODE_CASES):
+        vae = _ToyVAE(s, seed)
+        latents = 1.2 * seeded(300 + seed, *shape) * s / 0.5  # s·z with z of a few units, as the UNet's latents
+
+        def mistakes(vae=vae, latents=latents, s=s):
+            decoded = vae.decode(latents / s)
+            return [
+                ("you forgot to divide by the scaling factor: the UNet's latents are s·z, and the decoder "
+                 "wants z = latents / vae.config.scaling_factor.",
+                 lambda: (vae.decode(latents) / 2 + 0.5).clamp(0, 1)),
+                ("you multiplied by the scaling factor; divide: z = latents / vae.config.scaling_factor.",
+                 lambda: (vae.decode(latents * s) / 2 + 0.5).clamp(0, 1)),
+                ("use this VAE's own vae.config.scaling_factor; 0.18215 is SD v1.x's, and the course's VAE "
+                 "measured its own in lesson 06.",
+                 lambda: (vae.decode(latents / 0.18215) / 2 + 0.5).clamp(0, 1)),
+                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5.", lambda: decoded),
+                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5 (then clamp).",
+                 lambda: decoded.clamp(-1, 1)),
+                ("a decoder can overshoot [-1, 1] a little: clip after mapping, .clamp(0, 1).",
+                 lambda: decoded / 2 + 0.5),
+                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255)),
+                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255).round()),
+                ("clamp after mapping to [0, 1], not before: (images / 2 + 0.5).clamp(0, 1).",
+                 lambda: decoded.clamp(0, 1) / 2 + 0.5),
+                ("(images + 1) / 2 is right, but the result must be clipped to [0, 1] as well.",
+                 lambda: (decoded + 1) / 2),
+            ]
+
+        cases.append(Case(args=(vae, latents), expected=(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1),
+                           where=f"for latents of shape {shape} and scaling_factor = {s}", mistakes=mistakes()))
+
+    def exception_hint(error: BaseException) -> str:
+        message = str(error)
+        if "decode takes latents" in message:
+            return "give vae.decode the latents themselves, (B, 4, h, w), divided by vae.config.scaling_factor."
+        if isinstance(error, AttributeError) and "scaling_factor" in message:
+            return "the scaling factor is in the VAE's config: vae.config.scaling_factor."
+        if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
+            return "your function must take exactly these arguments, in this order: (vae, latents)."
+        return _DECODE_RECIPE + "."
+
+    return grade(
+        fn, cases, check_name="check_decode_latents", result_name="the images",
+        success="(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1) matches for scaling factors 0.18215, 0.871 "
+                "and 0.5.",
+        generic_hint=_DECODE_RECIPE + ".",
+        shape_hint="keep the decoder's layout (B, 3, H, W): the pipeline moves the channels last only when it "
+                   "makes PIL images.",
+        exception_hint=exception_hint,
+    )
