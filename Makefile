@@ -10,6 +10,8 @@
 #   VENV    where the virtual environment lives (default .venv)
 #   APP_PORT  the port of  make app  (default 8866)
 #   STUDENT_DIR, NBGRADER_DIR  where  make student  and  make nbgrader-source  write (student, course)
+#   LANG    the course's language for  make lab  and  make app: en (default) or zh, the lessons of
+#           notebooks/zh with JupyterLab's own menus in Chinese:  make lab LANG=zh  (or COURSE_LANG=zh)
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
@@ -18,11 +20,27 @@ NBGRADER_DIR ?= course
 APP_PORT ?= 8866
 
 BIN := $(VENV)/bin
+
+# make lab LANG=zh: on make's command line LANG is the course's language, not a locale, so the
+# programs started below do not get it (an unknown locale "zh" would upset them).
+ifeq ($(origin LANG),command line)
+COURSE_LANG := $(LANG)
+unexport LANG
+endif
+COURSE_LANG ?= en
+ifeq ($(filter $(COURSE_LANG),en zh),)
+$(error LANG=$(COURSE_LANG): the course speaks en (the default) and zh)
+endif
+# the lessons and the explorer in that language; for zh, JupyterLab's settings with its menus in Chinese
+LESSONS_DIR := notebooks$(if $(filter zh,$(COURSE_LANG)),/zh)
+APP_DIR := app$(if $(filter zh,$(COURSE_LANG)),/zh)
+LAB_LANGUAGE := $(if $(filter zh,$(COURSE_LANG)),--LabApp.app_settings_dir=$(CURDIR)/translations/jupyterlab/zh)
+
 STAMP := $(VENV)/.course-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup lab app test unit notebooks student nbgrader-source info clean
+.PHONY: setup lab app test unit notebooks student nbgrader-source translations info clean
 
 setup: $(STAMP)
 
@@ -33,13 +51,13 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=$(LESSONS_DIR) $(LAB_LANGUAGE)
 
 # The guidance explorer of lesson 08 as a web page (Voila: the widgets, no code), on the course's
 # mini-SD; on Stable Diffusion v1.5 when COURSE_SD_PATH names a folder with its weights.
 app: $(STAMP)
 	@echo "The guidance explorer: open http://localhost:$(APP_PORT)/ in a browser (Ctrl-C stops it)."
-	$(BIN)/voila app/guidance_explorer.ipynb --port=$(APP_PORT)
+	$(BIN)/voila $(APP_DIR)/guidance_explorer.ipynb --port=$(APP_PORT)
 
 # Unit tests (tests/test_browser.py drives lessons 05, 08 and the app in Chromium), then every
 # notebook executed top to bottom by nbval.
@@ -59,6 +77,11 @@ student: $(STAMP)
 # The lessons as an nbgrader course's source: solutions kept, check cells graded (see README).
 nbgrader-source: $(STAMP)
 	$(BIN)/python -m course_lib.student --nbgrader-source notebooks $(NBGRADER_DIR)/source/lessons
+
+# The Chinese lessons (notebooks/zh/) and explorer (app/zh/), built from the English notebooks and
+# the translation files in translations/zh/, and executed where their code changed (CONTRIBUTING.md).
+translations: $(STAMP)
+	$(BIN)/python -m course_lib.i18n build --execute
 
 info: $(STAMP)
 	$(BIN)/python -m course_lib info

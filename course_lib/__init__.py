@@ -18,7 +18,10 @@ in this list):
     viz         image grids and plots
     exercises   the checks of the self-grading exercises
     student     student versions of the notebooks (make student)
+    i18n        the language setting (English, 简体中文) and the translated lessons
     __main__    the command line: python -m course_lib ...
 """
+
+from .i18n import get_language, set_language  # noqa: F401  (course_lib.set_language("zh"))
 
 __version__ = "0.1.0"
