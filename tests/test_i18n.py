@@ -29,7 +29,7 @@ from course_lib.i18n.catalogues import (CellTranslation, StringTranslation, Tran
 from course_lib.i18n.extract import library_messages, messages_in_code
 from course_lib.i18n.glossary import (Term, check_terms, load_glossary, readme_table, readme_tables_problems,
                                       write_readme_tables)
-from course_lib.i18n.markdown import has_cjk, invariants, prose
+from course_lib.i18n.markdown import broken_lines, has_cjk, invariants, prose
 from course_lib.i18n.notebooks import (accept, build, check, language_lines, translated_path, update,
                                        write_notebook)
 
@@ -226,6 +226,12 @@ def test_invariants_pull_out_formulas_and_code():
     assert found.code_blocks == ("```python\ncode = $z$\n```",)
     assert "sqrt" not in prose(text) and "Step" in prose(text)
     assert has_cjk("前向过程") and has_cjk("（") and not has_cjk("forward ᾱ_t")
+
+
+def test_a_chinese_sentence_broken_over_two_lines_is_found():
+    assert broken_lines("方差之和：\n（代码从 0 开始）") == ["方差之和：⏎（代码从 0 开始）"]
+    assert broken_lines("## 标题\n正文\n- 列表\n- 第二项\n| 表 |\n| 格 |\n公式如下：\n$$\nx\n$$\n") == []
+    assert broken_lines("用 CUDA\nand MPS") == [] and broken_lines("一段。\n\n另一段。") == []
 
 
 # ------------------------------------------------------------------------------------ the glossary

@@ -80,6 +80,12 @@ def test_translation_uses_the_glossary(notebook):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_chinese_sentences_are_not_broken_over_lines(notebook):
+    problems = _problems(notebook, {"line-break"})
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_translated_notebook_is_the_build_of_its_sources(notebook):
     """Same cells, the English code (language lines first), the translation's Markdown, executed, fonts present."""
     problems = _problems(notebook, {"not-built", "code", "markdown", "not-executed", "glyphs"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Invariants", "invariants", "prose", "has_cjk"]
+__all__ = ["Invariants", "invariants", "prose", "has_cjk", "broken_lines"]
 
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n.*?^\1[ \t]*$", re.M | re.S)
 _CODE_SPAN = re.compile(r"(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
@@ -56,3 +56,23 @@ def prose(text: str) -> str:
 def has_cjk(text: str) -> bool:
     """Whether ``text`` holds Chinese (CJK) characters or full-width punctuation."""
     return bool(_CJK.search(text))
+
+
+_BLOCK_START = ("#", "|", "-", "*", "+", ">", "$$", "```", "~~~")
+
+
+def broken_lines(text: str) -> list[str]:
+    """Lines of a Chinese paragraph that end where the sentence goes on (shown as a stray space).
+
+    Markdown joins the lines of a paragraph with a space, which Chinese text does not have: a
+    line ending in a Chinese character followed by a line starting with one is one sentence
+    broken in two. Headings, table rows and list items end at their line and are left alone.
+    """
+    lines = text.splitlines()
+    found = []
+    for line, following in zip(lines, lines[1:]):
+        if (line.strip() and following.strip() and not line.lstrip().startswith(_BLOCK_START)
+                and not following.lstrip().startswith(_BLOCK_START) and has_cjk(line.rstrip()[-1])
+                and has_cjk(following.lstrip()[0])):
+            found.append(line.rstrip()[-12:] + "⏎" + following.lstrip()[:12])
+    return found

@@ -30,7 +30,7 @@ from .catalogues import (ROOT, CellTranslation, StringTranslation, TranslationFi
                          translation_path, write_translation_file)
 from .extract import messages_in_code
 from .glossary import Term, check_terms
-from .markdown import has_cjk, invariants
+from .markdown import broken_lines, has_cjk, invariants
 
 __all__ = ["ENGLISH_FOLDERS", "Problem", "KINDS", "language_lines", "english_notebooks", "translated_path",
            "build", "write_notebook", "execute", "needs_execution", "check", "update", "accept"]
@@ -72,6 +72,7 @@ KINDS = {
     "fingerprint": "a fingerprint that is not the hash of the English stored with it",
     "invariants": "the translation changed a formula or a code name",
     "glossary": "a glossary term missing, or a refused variant used",
+    "line-break": "a Chinese sentence broken over two lines (Markdown shows a space there)",
     "string-missing": "a label passed to tr(...) has no translation",
     "string-unused": "a translated label no code cell passes to tr(...)",
     "string-fields": "a translated template whose {fields} differ from the English",
@@ -298,6 +299,9 @@ def check(notebook: Path, language: str = "zh", root: Path = ROOT, terms: list[T
                 problems.append(Problem("invariants", at, message))
             for message in check_terms(entry.en, entry.text, terms or []):
                 problems.append(Problem("glossary", at, message))
+            for place in broken_lines(entry.text):
+                problems.append(Problem("line-break", at, f"a line break inside a Chinese sentence ({place}) "
+                                        "shows as a space; join the two lines"))
     for cell_id, source in current.items():
         entry = translation.cell(cell_id)
         if entry is None or not entry.text:
@@ -349,8 +353,9 @@ def check(notebook: Path, language: str = "zh", root: Path = ROOT, terms: list[T
         elif _translatable(original):
             entry = translation.cell(cell.id)
             if entry and entry.text and cell.source != entry.text:
-                problems.append(Problem("markdown", f"{at}, cell {cell.id}", f"differs from {file_name}; edit the "
-                                        "translation file, not the notebook, and run: make translations"))
+                problems.append(Problem("markdown", f"{at}, cell {cell.id}", f"is not the text of {file_name}: run "
+                                        "make translations (translate in that file; edits made in the notebook "
+                                        "itself are overwritten)"))
     if _executed(english) and not _executed(built):   # committed with outputs, like its English notebook
         problems.append(Problem("not-executed", at, "has code cells that never ran; run: make translations"))
     for cell in built.cells:
