@@ -33,7 +33,9 @@ from .guidance import cfg_denoiser, classifier_guided_denoiser
 from .pretrained import available_checkpoints, checkpoint_dir, load_course_model
 from .samplers import SAMPLER_NAMES, make_sampler, randn_tensor, sample_loop
 from .schedules import make_schedule
-from .train import RECIPES, resolve_device, train
+from .recipes import RECIPES
+from .runtime import resolve_device
+from .train import train
 from .viz import grid_image, to_pil
 
 MODELS = ("digits", "mini-sd")

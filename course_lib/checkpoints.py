@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checks import PathError
 from .files import atomic_write, fsync_folder, remove_stale_temporaries
 
 try:  # POSIX; elsewhere (Windows) a checkpoint has no lock and one writer at a time is assumed
@@ -62,6 +63,8 @@ __all__ = [
     "runs_dir",
     "checkpoint_paths",
     "checkpoint_exists",
+    "checkpoint_files",
+    "repair_hint",
     "save_checkpoint",
     "load_checkpoint",
     "load_training_state",
@@ -98,14 +101,8 @@ def runs_dir() -> Path:
     return Path(os.environ.get("COURSE_RUNS_DIR") or DEFAULT_RUNS_DIR)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PathError):
     """A checkpoint file that cannot be used: ``str(error)`` is ``"<path>: <what is wrong> — <what to do>"``."""
-
-    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str):
-        self.path = Path(path) if path is not None else None
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{path}: {problem} — {fix}" if path is not None else f"{problem} — {fix}")
 
 
 @dataclass
@@ -140,12 +137,16 @@ def _base(path: str | os.PathLike) -> Path:
     return path
 
 
-def _retrain_hint(base: Path) -> str:
-    """What to do about a damaged checkpoint: the shipped ones come back from git, others are retrained."""
+def repair_hint(path: str | os.PathLike, recipe: str | None = None) -> str:
+    """What to do about a damaged checkpoint: a shipped one comes back from git, another is trained again.
+
+    :param recipe: the recipe that makes it, for the command (default: a placeholder RECIPE)
+    """
+    base = _base(path)
     if base.parent.resolve() == DEFAULT_CHECKPOINT_DIR:
-        return (f"restore the shipped file with: git checkout -- data/checkpoints/{base.name}.* "
+        return (f"restore the shipped files with: git checkout -- data/checkpoints/{base.name}.* "
                 f"(or retrain it, see data/checkpoints/README.md)")
-    return f"train it again into a new path (python -m course_lib train RECIPE --out {base}, adding --overwrite)"
+    return f"train it again: python -m course_lib train {recipe or 'RECIPE'} --out {base} --overwrite"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +176,8 @@ def _lock_path(base: Path) -> Path:
     return base.with_name(f".{base.name}.lock")
 
 
-_held_locks: dict[Path, list] = {}  # base -> [file descriptor, depth]: the locks this process holds
+_held_locks: dict[tuple[int, Path], list] = {}  # (pid, base) -> [descriptor, depth]: locks this process holds
+# (keyed by pid too: a forked child inherits this dict, not the lock)
 
 
 @contextlib.contextmanager
@@ -184,22 +186,22 @@ def writing(path: str | os.PathLike):
 
     Raises a :class:`CheckpointError` at once if another process holds it (two trainings into one path).
     """
-    base = _base(path).absolute()
-    if base in _held_locks:
-        _held_locks[base][1] += 1
+    key = (os.getpid(), _base(path).absolute())
+    if key in _held_locks:
+        _held_locks[key][1] += 1
         try:
             yield
         finally:
-            _held_locks[base][1] -= 1
+            _held_locks[key][1] -= 1
         return
-    descriptor = _acquire_lock(base)
-    _held_locks[base] = [descriptor, 1]
+    descriptor = _acquire_lock(key[1])
+    _held_locks[key] = [descriptor, 1]
     try:
-        _recover(base)
+        _recover(key[1])
         yield
     finally:
-        del _held_locks[base]
-        _release_lock(base, descriptor)
+        del _held_locks[key]
+        _release_lock(key[1], descriptor)
 
 
 def _acquire_lock(base: Path) -> int | None:
@@ -279,7 +281,7 @@ def _roll_forward(base: Path, journal: dict) -> None:
             _file_operation_done()
         elif not target.exists() or _sha256(target) != entry["sha256"]:
             raise CheckpointError(target, "a committed save's new file is missing (deleted by another program)",
-                                  f"the checkpoint is incomplete: {_retrain_hint(base)}")
+                                  f"the checkpoint is incomplete: {repair_hint(base)}")
     for parent in {(folder / entry["target"]).parent for entry in journal["files"]}:
         fsync_folder(parent)
     _journal_path(base).unlink()
@@ -390,9 +392,14 @@ def _visible(path: Path, base: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def checkpoint_files(path: str | os.PathLike) -> dict[str, bool]:
+    """Which files of checkpoint ``path`` a reader sees: {"weights": bool, "config": ..., "state": ..., "state_config": ...}."""
+    return {key: _visible(file, _base(path)) is not None for key, file in checkpoint_paths(path).items()}
+
+
 def checkpoint_exists(path: str | os.PathLike) -> bool:
     """Whether any file of checkpoint ``path`` (weights, JSON or training state) is there for a reader."""
-    return any(_visible(file, _base(path)) is not None for file in checkpoint_paths(path).values())
+    return any(checkpoint_files(path).values())
 
 
 def _read_bytes(path: Path, base: Path, what: str, fix: str, limit: int | None = None) -> bytes:
@@ -419,7 +426,7 @@ def read_config(path: str | os.PathLike, fix: str | None = None, base: Path | No
     """
     path = Path(path)
     base = _base(path) if base is None else base
-    fix = fix or _retrain_hint(base)
+    fix = fix or repair_hint(base)
     data = _read_bytes(path, base, "the checkpoint's JSON config", fix, limit=MAX_JSON_BYTES)
     try:
         config = json.loads(data.decode("utf-8"))
@@ -433,12 +440,12 @@ def read_config(path: str | os.PathLike, fix: str | None = None, base: Path | No
     return config
 
 
-def _read_tensors(path: Path, base: Path, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_tensors(path: Path, base: Path, fix: str, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and the metadata of a safetensors file, refusing anything that is not one."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    data = _read_bytes(path, base, "the weights file", fix)
+    data = _read_bytes(path, base, what, fix)
     if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
         raise CheckpointError(path, "is a pickle (torch.save) file renamed .safetensors; course_lib never unpickles "
                                     "a file, since loading a pickle can run any code",
@@ -471,7 +478,7 @@ def _shorten(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+def load_checkpoint(path: str | os.PathLike, fix: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint written by :func:`save_checkpoint`: (state_dict on the CPU, config from X.json).
 
     Refuses (:class:`CheckpointError`, naming the file) a missing, truncated or corrupt file, a
@@ -479,10 +486,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     any of ``MUST_AGREE``.
 
     :param path: X, X.safetensors or X.json
+    :param fix: what to do about a damaged file, for the messages (default: :func:`repair_hint`)
     """
     paths, base = checkpoint_paths(path), _base(path)
-    fix = _retrain_hint(base)
-    tensors, metadata = _read_tensors(paths["weights"], base, fix)
+    fix = fix or repair_hint(base)
+    tensors, metadata = _read_tensors(paths["weights"], base, fix, "the weights file")
     config = read_config(paths["config"], fix, base)
     if "config" not in metadata:
         raise CheckpointError(paths["weights"], "has no course_lib config in its metadata, so nothing can check "
@@ -509,7 +517,7 @@ def load_training_state(path: str | os.PathLike) -> TrainingState:
     paths = checkpoint_paths(path)
     fix = ("train without --resume into a new path, or with --overwrite to start again "
            "(the weights are intact; only --resume needs this file)")
-    tensors, metadata = _read_tensors(paths["state"], _base(path), fix)
+    tensors, metadata = _read_tensors(paths["state"], _base(path), fix, "the training state")
     info = read_config(paths["state_config"], fix, _base(path))
     if "state" not in metadata or json.loads(metadata["state"]) != info:
         raise CheckpointError(paths["state_config"], f"does not match {paths['state'].name}", fix)

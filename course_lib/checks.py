@@ -1,4 +1,4 @@
-"""Argument checks shared by the whole library.
+"""Argument checks shared by the whole library, and output paths checked before any work.
 
 Every public function a learner can call with a wrong argument raises a ``ValueError`` (or a
 ``TypeError`` for a wrong type) whose message says three things: what was given, what was
@@ -7,9 +7,13 @@ expected, and what to do. These helpers keep those messages uniform.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+
+from .files import temporary_name
 
 __all__ = [
     "check_choice",
@@ -21,6 +25,9 @@ __all__ = [
     "check_number",
     "check_labels",
     "check_config_keys",
+    "PathError",
+    "check_output_folder",
+    "check_output_file",
 ]
 
 
@@ -172,3 +179,68 @@ def check_config_keys(config: dict, known, what: str) -> None:
             f"Unknown {what} config key(s) {unknown}. Known keys: {sorted(known)}. "
             f"Remove them, or check the spelling."
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: errors that name the path, and output paths checked before any work is done
+# ---------------------------------------------------------------------------------------------
+
+
+class PathError(ValueError):
+    """A file or folder that cannot be used: ``str(error)`` is ``"<path>: <what is wrong> — <what to do>"``."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str, fix: str):
+        self.path = Path(path) if path is not None else None
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{path}: {problem} — {fix}" if path is not None else f"{problem} — {fix}")
+
+    def __reduce__(self):  # picklable (sent between processes), with its three parts
+        return type(self), (self.path, self.problem, self.fix)
+
+
+def check_output_folder(folder: str | os.PathLike, create: bool = False) -> Path:
+    """Check, in milliseconds, that files can be written into ``folder``: it exists (or, with
+    ``create``, its parent does and it is made), is a folder, and a file can be created in it.
+
+    :return: ``folder`` as a Path
+    """
+    folder = Path(folder)
+    if create and not folder.exists() and folder.parent.is_dir():
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as error:
+            raise PathError(folder, f"cannot be created ({error.strerror})",
+                            "choose a folder you can write to") from None
+    if not folder.exists():
+        parent = next((p for p in folder.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise PathError(folder, f"lies under {parent}, which is a file, not a folder", "choose another path")
+        raise PathError(folder, "this folder does not exist", f"create it first (mkdir -p {folder}), or choose "
+                                                              "another path")
+    if not folder.is_dir():
+        raise PathError(folder, "is a file, not a folder", "choose a folder, or another path")
+    probe = temporary_name(folder / "write-test")  # removed by remove_stale_temporaries if we die here
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as error:
+        raise PathError(folder, f"cannot be written ({error.strerror})",
+                        "choose a folder you can write to, or change its permissions") from None
+    return folder
+
+
+def check_output_file(path: str | os.PathLike, suffixes: Sequence[str] | None = None) -> Path:
+    """Check that ``path`` can be written as a file: its folder exists and is writable, it is not a
+    folder itself, and (if given) its extension is one of ``suffixes`` (e.g. [".png", ".jpg"]).
+
+    :return: ``path`` as a Path
+    """
+    path = Path(path)
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise PathError(path, f"unknown file type {path.suffix or '(no extension)'!r}",
+                        f"end the name with one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise PathError(path, "is a folder, not a file", "give a file name inside it")
+    check_output_folder(path.parent)
+    return path

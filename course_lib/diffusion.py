@@ -1,4 +1,4 @@
-"""The forward process q, the four things a denoiser can predict, and the training loss.
+"""The forward process q and the four things a denoiser can predict (the training losses: losses.py).
 
 Lesson 01 derives the forward process; lesson 02 the three predictions of the notes (x_0, eps,
 score) plus v, and how to turn one into another. With ``a = alpha_bar_t`` (see schedules.py):
@@ -25,10 +25,7 @@ is returned in the input's dtype.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 
 from .checks import check_finite, check_floating, check_shape, check_timesteps
 from .schedules import NoiseSchedule
@@ -44,8 +41,6 @@ __all__ = [
     "v_from_eps",
     "eps_from_v",
     "pred_x0_from_v",
-    "eps_loss",
-    "diffusion_training_loss",
 ]
 
 
@@ -223,50 +218,3 @@ def pred_x0_from_v(x_t: torch.Tensor, v: torch.Tensor, t, schedule: NoiseSchedul
     alpha_bar = alpha_bar_at(schedule, t, x_t)
     # x̂_0 = sqrt(ᾱ_t) x_t - sqrt(1 - ᾱ_t) v
     return (alpha_bar.sqrt() * x_t - (1 - alpha_bar).sqrt() * v).to(x_t.dtype)
-
-
-def eps_loss(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The simple DDPM loss: mean squared error between predicted and true noise.
-
-    :param eps_pred: $\\epsilon_\\theta(x_t, t)$, (B, C, H, W)
-    :param noise: the noise $\\epsilon$ that made x_t, same shape
-    :return: a scalar, $\\mathbb{E} \\| \\epsilon - \\epsilon_\\theta(x_t, t) \\|^2$ averaged over elements
-    """
-    check_finite(eps_pred, "eps_pred")
-    check_finite(noise, "noise")
-    check_shape(eps_pred, "eps_pred", noise.shape, hint="The model must predict noise of the image's shape.")
-    # L_simple = E_{t, x_0, ε} ||ε - ε_θ(x_t, t)||²                (Ho et al. 2020, eq. 14)
-    return F.mse_loss(eps_pred, noise)
-
-
-def diffusion_training_loss(
-    model_fn: Callable[..., torch.Tensor],
-    x0: torch.Tensor,
-    schedule: NoiseSchedule,
-    generator: torch.Generator | None = None,
-    **model_kwargs,
-) -> torch.Tensor:
-    """One sample of the DDPM training objective (Ho et al. 2020, Algorithm 1).
-
-    Draws t ~ Uniform{0, ..., T-1} (one per image), then eps ~ N(0, I), both from ``generator``
-    on x0's device, forms x_t with :func:`q_sample` and returns ``eps_loss(model_fn(x_t, t,
-    **model_kwargs), eps)``.
-
-    :param model_fn: the denoiser, ``model_fn(x_t, t, **model_kwargs) -> eps prediction``
-    :param x0: clean images $x_0$, (B, C, H, W)
-    :param schedule: the noise schedule
-    :param generator: random generator on x0's device (None: torch's global one)
-    :param model_kwargs: passed to model_fn (e.g. ``class_labels=``, ``encoder_hidden_states=``)
-    :return: the scalar loss
-    """
-    check_finite(x0, "x0")
-    if x0.ndim < 1 or x0.shape[0] < 1:
-        raise ValueError(f"x0 must be a batch of shape (B, ...) with B >= 1, got shape {tuple(x0.shape)}.")
-    # t ~ Uniform({0, ..., T-1})
-    t = torch.randint(
-        0, schedule.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device
-    )
-    # ε ~ N(0, I)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample(x0, t, noise, schedule)
-    return eps_loss(model_fn(x_t, t, **model_kwargs), noise)

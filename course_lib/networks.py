@@ -66,10 +66,10 @@ def load_network(path: str | os.PathLike, device: str | torch.device | None = No
 
     :param path: the checkpoint X (X, X.safetensors or X.json)
     :param device: where to put the model (None: the CPU)
-    :param fix: what to do when the files do not fit each other, for the error message
+    :param fix: what to do about damaged or mismatched files, for the error messages
     :return: (model in eval mode, config from X.json)
     """
-    state_dict, config = load_checkpoint(path)
+    state_dict, config = load_checkpoint(path, fix)
     paths = checkpoint_paths(path)
     for key in ("network", "network_config"):
         if key not in config:

@@ -56,10 +56,9 @@ from .nn.attention import fuse_projections as fuse_attention_projections
 from .nn.text import build_caption_tokenizer, encode_text, load_caption_tokenizer, tokenize_prompts
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
-from .pretrained import load_course_model
+from .pretrained import SHAPES_TOKENIZER, checkpoint_dir, load_course_model
 from .samplers import SAMPLER_NAMES, TIMESTEP_SPACINGS, Sampler, make_sampler, randn_tensor
 from .schedules import NoiseSchedule, make_schedule
-from .train import SHAPES_TOKENIZER, checkpoint_dir
 
 __all__ = ["StableDiffusion", "SD15_ARCHITECTURE", "TINY_ARCHITECTURE", "SD_REPO_ID", "MINI_SD_CHECKPOINTS", "DEFAULT_TIMESTEP_SPACING", "OUTPUT_TYPES"]
 

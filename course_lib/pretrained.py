@@ -1,8 +1,8 @@
 """The course's trained models, shipped in data/checkpoints/ so notebooks need not train them.
 
-Each checkpoint NAME is two files made by ``python -m course_lib train NAME``:
-``NAME.safetensors`` (the weights) and ``NAME.json`` (network class and config, schedule, how it
-was trained). :func:`load_course_model` turns them back into a network::
+Each checkpoint NAME is made by ``python -m course_lib train NAME`` (the recipe of the same name,
+course_lib.recipes): ``NAME.safetensors`` (the weights) and ``NAME.json`` (network class and
+config, schedule, how it was trained). :func:`load_course_model` turns them back into a network::
 
     model, config = load_course_model("digits-ddpm")
     schedule = make_schedule(**config["schedule"])
@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checks import check_choice
-from .train import DEFAULT_CHECKPOINT_DIR, NETWORKS, RECIPES, build_network, checkpoint_dir, load_checkpoint
+from .checkpoints import DEFAULT_CHECKPOINT_DIR, CheckpointError, checkpoint_dir, checkpoint_files, repair_hint
+from .networks import NETWORKS, load_network
+from .recipes import RECIPES, SHAPES_TOKENIZER
 
-__all__ = ["CHECKPOINT_DIR", "NETWORKS", "load_course_model", "available_checkpoints", "checkpoint_dir"]
+__all__ = ["CHECKPOINT_DIR", "NETWORKS", "SHAPES_TOKENIZER", "load_course_model", "available_checkpoints",
+           "checkpoint_dir", "train_command"]
 
 CHECKPOINT_DIR = DEFAULT_CHECKPOINT_DIR  # data/checkpoints of the repository
 
@@ -35,23 +37,27 @@ def available_checkpoints(directory: str | os.PathLike | None = None) -> list[st
     folder = _folder(directory)
     if not folder.is_dir():
         return []
-    names = []
-    for weights in folder.glob("*.safetensors"):
-        name = weights.name[: -len(".safetensors")]
-        if not name.endswith(".state") and (folder / f"{name}.json").is_file():
-            names.append(name)
-    return sorted(names)
+    names = {path.name.split(".")[0] for path in folder.glob("*.safetensors")}
+    names |= {path.name[1:].split(".")[0] for path in folder.glob(".*.commit")}  # saved, not yet renamed
+    return sorted(name for name in names if name and all(
+        checkpoint_files(folder / name)[key] for key in ("weights", "config")))
 
 
-def _train_command(name: str) -> str:
-    if name in RECIPES:
-        return f"Make it with: python -m course_lib train {name}"
-    return f"No recipe makes a checkpoint of that name; known recipes: {', '.join(sorted(RECIPES))}."
+def train_command(name: str, folder: str | os.PathLike | None = None) -> str:
+    """How to make checkpoint ``name`` in ``folder`` (default: the checkpoint folder), as a sentence."""
+    if name not in RECIPES:
+        return f"No recipe makes a checkpoint of that name; known recipes: {', '.join(sorted(RECIPES))}."
+    out = Path(folder if folder is not None else checkpoint_dir()) / name
+    return f"Make it with: python -m course_lib train {name} --out {out}"
 
 
 def load_course_model(name: str, device: str | torch.device | None = None,
                       directory: str | os.PathLike | None = None) -> tuple[nn.Module, dict]:
     """Load a course checkpoint: build its network from NAME.json, load NAME.safetensors strictly.
+
+    Every file problem (missing, truncated, a pickle, invalid JSON, a JSON that disagrees with the
+    weights, weights that do not fit the network) raises a
+    :class:`~course_lib.checkpoints.CheckpointError` that names the file and says what to do.
 
     :param name: checkpoint name, e.g. "digits-ddpm" (the recipe that made it)
     :param device: where to put the model (None: the CPU)
@@ -62,45 +68,13 @@ def load_course_model(name: str, device: str | torch.device | None = None,
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a checkpoint name such as 'digits-ddpm', got {name!r}.")
     folder = _folder(directory)
-    missing = [f"{name}{suffix}" for suffix in (".safetensors", ".json") if not (folder / f"{name}{suffix}").is_file()]
+    present = checkpoint_files(folder / name)
+    missing = [f"{name}{suffix}" for key, suffix in (("weights", ".safetensors"), ("config", ".json"))
+               if not present[key]]
     if missing:
-        present = available_checkpoints(folder)
-        raise ValueError(
-            f"Checkpoint {name!r} not found: {' and '.join(missing)} missing in {folder}. "
-            + (f"Checkpoints present there: {', '.join(present)}. " if present else "")
-            + _train_command(name)
-        )
-    state_dict, config = load_checkpoint(folder / name)
-    for key in ("network", "network_config"):
-        if key not in config:
-            raise ValueError(f"{folder / name}.json has no {key!r} entry: it was not written by course_lib.train. "
-                             f"{_train_command(name)}")
-    check_choice(config["network"], list(NETWORKS), "network")
-    model = build_network(config["network"], config["network_config"])
-    _check_keys_match(model, state_dict, folder / f"{name}.safetensors")
-    model.load_state_dict(state_dict, strict=True)
-    if device is not None:
-        model.to(device)
-    return model.eval(), config
+        others = available_checkpoints(folder)
+        raise CheckpointError(
+            folder / name, f"checkpoint {name!r} not found: {' and '.join(missing)} missing in {folder}"
+            + (f" (checkpoints present there: {', '.join(others)})" if others else ""), train_command(name, folder))
+    return load_network(folder / name, device=device, fix=repair_hint(folder / name, name if name in RECIPES else None))
 
-
-def _check_keys_match(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path) -> None:
-    """Raise a ValueError naming the keys that differ between the built network and the weights."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = sorted(
-        f"{key} {tuple(state_dict[key].shape)} in the file, {tuple(expected[key].shape)} in the network"
-        for key in set(expected) & set(state_dict) if state_dict[key].shape != expected[key].shape
-    )
-    if missing or unexpected or wrong_shape:
-        def show(keys):
-            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-
-        parts = [f"{len(keys)} {what}: {show(keys)}" for keys, what in (
-            (missing, "keys missing from the file"), (unexpected, "unexpected keys in the file"),
-            (wrong_shape, "keys with another shape")) if keys]
-        raise ValueError(
-            f"The weights in {path} do not match the network its JSON config describes ({'; '.join(parts)}). "
-            f"The two files come from different runs: train the model again to write a matching pair."
-        )

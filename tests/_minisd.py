@@ -1,7 +1,7 @@
 """A tiny, randomly initialised mini Stable Diffusion in a checkpoint folder, for the tests.
 
 The same four things as the real one (``StableDiffusion.from_course("mini-sd")``), made the way
-the recipes of course_lib.train make them, only small: a caption tokenizer folder, a CLIPModel
+the recipes of course_lib.recipes make them, only small: a caption tokenizer folder, a CLIPModel
 (text width 32), an AutoencoderKL of factor 2 and a UNet on 8x8 latents. Shared by
 tests/test_pipeline.py and tests/test_cli.py.
 """
@@ -13,7 +13,9 @@ import torch
 from course_lib.nn.text import build_caption_tokenizer, save_caption_tokenizer, tiny_clip_config
 from course_lib.nn.unet import UNetConfig
 from course_lib.nn.vae import VAEConfig
-from course_lib.train import SHAPES_LDM_SCHEDULE, build_network, save_checkpoint
+from course_lib.checkpoints import save_checkpoint
+from course_lib.networks import build_network
+from course_lib.recipes import SHAPES_LDM_SCHEDULE
 
 TEXT_WIDTH = 32
 VAE_CONFIG = VAEConfig(

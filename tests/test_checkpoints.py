@@ -64,7 +64,7 @@ def test_a_save_without_training_state_removes_the_old_one(tmp_path):
     _save(tmp_path / "m", 1.0)
     save_checkpoint(tmp_path / "m", _weights(2.0), dict(CONFIG, step=2))
     assert not checkpoint_paths(tmp_path / "m")["state"].exists()
-    with pytest.raises(CheckpointError, match=r"m.state.safetensors: the weights file does not exist — train without "
+    with pytest.raises(CheckpointError, match=r"m.state.safetensors: the training state does not exist — train without "
                                               r"--resume"):
         load_training_state(tmp_path / "m")
 
@@ -253,7 +253,9 @@ def test_a_mismatched_training_state_is_refused(saved):
 
 def test_a_damaged_shipped_checkpoint_says_how_to_restore_it():
     base = checkpoints.DEFAULT_CHECKPOINT_DIR / "digits-ddpm"
-    assert "git checkout -- data/checkpoints/digits-ddpm.*" in checkpoints._retrain_hint(base)
+    assert "git checkout -- data/checkpoints/digits-ddpm.*" in checkpoints.repair_hint(base)
+    assert checkpoints.repair_hint("/x/run", "digits-cfg") == ("train it again: python -m course_lib train digits-cfg "
+                                                            "--out /x/run --overwrite")
 
 
 # ------------------------------------------------------------------------------ check_state_dict

@@ -15,10 +15,9 @@ from course_lib.nn.classifier import (
     JudgeClassifier,
     JudgeConfig,
     NoisyClassifier,
-    judge_loss,
-    noisy_classifier_loss,
     random_shift,
 )
+from course_lib.losses import judge_loss, noisy_classifier_loss
 from course_lib.schedules import make_schedule
 
 TINY = ClassifierConfig(block_out_channels=(8, 16), norm_num_groups=4, sample_size=8, num_train_timesteps=50)

@@ -13,10 +13,12 @@ import torch
 from PIL import Image
 
 from course_lib.__main__ import main
-from course_lib.train import RECIPES, build_network, save_checkpoint
+from course_lib.checkpoints import save_checkpoint
+from course_lib.networks import build_network
+from course_lib.recipes import RECIPES
 
 from _minisd import make_mini_sd
-from test_train import TINY
+from _tiny import TINY
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,11 +9,9 @@ import torch
 
 from course_lib.diffusion import (
     alpha_bar_at,
-    diffusion_training_loss,
     eps_from_pred_x0,
     eps_from_score,
     eps_from_v,
-    eps_loss,
     pred_x0_from_eps,
     pred_x0_from_v,
     q_sample,
@@ -21,6 +19,7 @@ from course_lib.diffusion import (
     score_from_eps,
     v_from_eps,
 )
+from course_lib.losses import diffusion_training_loss, eps_loss
 from course_lib.schedules import SCHEDULE_KINDS, make_schedule
 
 SD = make_schedule("scaled_linear", 1000, 0.00085, 0.012)

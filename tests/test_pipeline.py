@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from course_lib.checkpoints import load_checkpoint
 from course_lib.nn.text import build_caption_tokenizer
 from course_lib.nn.unet import UNet2DConditionModel
 from course_lib.nn.vae import AutoencoderKL
 from course_lib.pipeline import SD_REPO_ID, StableDiffusion
-from course_lib.train import load_checkpoint
 
 from _minisd import IMAGE_SIZE, make_mini_sd
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from course_lib.checkpoints import CheckpointError, save_checkpoint
+from course_lib.networks import build_network
 from course_lib.pretrained import CHECKPOINT_DIR, available_checkpoints, load_course_model
-from course_lib.train import build_network, save_checkpoint
 
 TINY_UNET = dict(
     sample_size=8, in_channels=1, out_channels=1,
@@ -58,37 +59,72 @@ def test_available_checkpoints_needs_both_files(tmp_path):
 
 
 def test_missing_checkpoint_says_which_file_and_how_to_make_it(tmp_path):
-    with pytest.raises(ValueError, match=r"digits-ddpm.safetensors and digits-ddpm.json missing in .*"
-                                         r"Make it with: python -m course_lib train digits-ddpm"):
+    with pytest.raises(CheckpointError, match=r"digits-ddpm: checkpoint 'digits-ddpm' not found: digits-ddpm.safetensors "
+                                              r"and digits-ddpm.json missing in .* — Make it with: python -m course_lib "
+                                              r"train digits-ddpm --out .*digits-ddpm$"):
         load_course_model("digits-ddpm", directory=tmp_path)
     _save(tmp_path, "digits-ddpm")
     (tmp_path / "digits-ddpm.json").unlink()
-    with pytest.raises(ValueError, match=r"not found: digits-ddpm.json missing"):
+    with pytest.raises(CheckpointError, match=r"not found: digits-ddpm.json missing"):
         load_course_model("digits-ddpm", directory=tmp_path)
     _save(tmp_path, "other")
-    with pytest.raises(ValueError, match=r"Checkpoints present there: other. No recipe makes .* known recipes: "
-                                         r".*digits-ddpm"):
+    with pytest.raises(CheckpointError, match=r"\(checkpoints present there: other\) — No recipe makes .* known "
+                                              r"recipes: .*digits-ddpm"):
         load_course_model("mystery", directory=tmp_path)
 
 
 def test_config_that_does_not_match_the_weights_names_the_keys(tmp_path):
-    wider = dict(TINY_UNET, block_out_channels=[8, 32])
-    _save(tmp_path, "shapes-differ", network_config=wider)
-    with pytest.raises(ValueError, match=r"keys with another shape: .*\(16, 8, 3, 3\) in the file, "
-                                         r"\(32, 8, 3, 3\) in the network"):
+    _save(tmp_path, "shapes-differ")
+    json_path = tmp_path / "shapes-differ.json"  # edited by hand: it disagrees with the config inside the weights
+    json_path.write_text(json_path.read_text().replace('"block_out_channels": [\n      8,\n      16\n    ]',
+                                                       '"block_out_channels": [8, 32]'))
+    with pytest.raises(CheckpointError, match=r"shapes-differ.json: says network_config.block_out_channels = \[8, 32\], "
+                                              r"but shapes-differ.safetensors was saved with "
+                                              r"network_config.block_out_channels = \[8, 16\]"):
         load_course_model("shapes-differ", directory=tmp_path)
-    deeper = dict(TINY_UNET, layers_per_block=2)
-    _save(tmp_path, "keys-differ", network_config=deeper)
-    with pytest.raises(ValueError, match=r"keys missing from the file: down_blocks\.0\.resnets\.1\."):
+    # both files say the same config, but the weights do not fit it (saved by hand from another network)
+    _save(tmp_path, "keys-differ", network_config=dict(TINY_UNET, layers_per_block=2))
+    with pytest.raises(CheckpointError, match=r"keys-differ.safetensors: the weights do not fit the network \(.* keys "
+                                              r"missing from the file: down_blocks\.0\.resnets\.1\..* — train it again: "
+                                              r"python -m course_lib train RECIPE --out .*keys-differ --overwrite"):
         load_course_model("keys-differ", directory=tmp_path)
+
+
+def test_int64_weights_are_refused_not_cast(tmp_path):
+    torch.manual_seed(0)
+    model = build_network("UNet2DConditionModel", TINY_UNET)
+    weights = {key: value.round().long() if key == "conv_in.weight" else value
+               for key, value in model.state_dict().items()}
+    save_checkpoint(tmp_path / "digits-ddpm", weights, {"network": "UNet2DConditionModel", "network_config": TINY_UNET})
+    with pytest.raises(CheckpointError, match=r"digits-ddpm.safetensors: the weights do not fit the network \(1 tensors "
+                                              r"of another dtype: conv_in.weight torch.int64 in the file, torch.float32 "
+                                              r"in the network\) — train it again: python -m course_lib train "
+                                              r"digits-ddpm --out"):
+        load_course_model("digits-ddpm", directory=tmp_path)
 
 
 def test_config_without_network_and_bad_name(tmp_path):
     save_checkpoint(tmp_path / "raw", build_network("UNet2DConditionModel", TINY_UNET), {"step": 1})
-    with pytest.raises(ValueError, match="raw.json has no 'network' entry"):
+    with pytest.raises(CheckpointError, match="raw.json: has no 'network' entry, so it does not say which network"):
         load_course_model("raw", directory=tmp_path)
     save_checkpoint(tmp_path / "gan", {"w": torch.zeros(1)}, {"network": "GAN", "network_config": {}})
-    with pytest.raises(ValueError, match="Unknown network 'GAN'"):
+    with pytest.raises(CheckpointError, match="gan.json: names the network 'GAN', which course_lib does not know"):
         load_course_model("gan", directory=tmp_path)
     with pytest.raises(TypeError, match="name must be a checkpoint name"):
         load_course_model(None)
+
+
+@pytest.mark.slow
+def test_every_shipped_checkpoint_loads_bit_identical_to_its_file():
+    from safetensors.torch import load_file
+
+    names = available_checkpoints(CHECKPOINT_DIR)
+    assert {"digits-ddpm", "digits-cfg", "digits-noisy-classifier", "digits-judge", "shapes-judge", "shapes-vae",
+            "shapes-clip", "shapes-ldm"} <= set(names)
+    for name in names:
+        model, config = load_course_model(name)
+        raw = load_file(str(CHECKPOINT_DIR / f"{name}.safetensors"))  # the file itself, no course_lib in between
+        state = model.state_dict()
+        assert set(raw) <= set(state)
+        for key, value in raw.items():
+            assert value.dtype == state[key].dtype and torch.equal(value, state[key]), (name, key)

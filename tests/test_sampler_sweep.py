@@ -12,12 +12,14 @@ import pytest
 import torch
 
 from course_lib.captions import ATTRIBUTES
+from course_lib.checkpoints import save_checkpoint
 from course_lib.experiments import sampler_sweep, sweep_prompts
 from course_lib.metrics import (clip_frechet_distance, clip_image_features, feature_statistics,
                                 gaussian_frechet_distance, shapes_prompt_grid)
 from course_lib.nn.text import build_caption_tokenizer, clip_embeddings, tiny_clip_config
+from course_lib.networks import build_network
 from course_lib.pipeline import StableDiffusion
-from course_lib.train import RECIPES, build_network, save_checkpoint
+from course_lib.recipes import RECIPES
 
 from _minisd import make_mini_sd
 

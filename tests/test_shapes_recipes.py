@@ -1,4 +1,5 @@
-"""Tests of the shapes recipes of course_lib.train: the judge, the autoencoder, the tiny CLIP, the latent UNet.
+"""Tests of the shapes recipes (course_lib.recipes) and their losses (course_lib.losses): the judge, the
+autoencoder, the tiny CLIP, the latent UNet.
 
 Their losses are checked as formulas; each recipe trains a step or two with tiny networks.
 """
@@ -10,15 +11,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib import train as train_module
+from course_lib import losses, recipes
 from course_lib.captions import ATTRIBUTES
+from course_lib.checkpoints import load_checkpoint, save_checkpoint
 from course_lib.datasets import load_shapes, shapes_attributes
+from course_lib.losses import latent_diffusion_loss, shapes_judge_loss, vae_loss
+from course_lib.networks import build_network
+from course_lib.nn.classifier import split_attribute_logits
 from course_lib.nn.unet import UNetConfig
 from course_lib.nn.vae import AutoencoderKL, VAEConfig
+from course_lib.recipes import RECIPES, encode_latents, latent_scaling_factor
 from course_lib.schedules import make_schedule
-from course_lib.train import (RECIPES, build_network, encode_latents, latent_diffusion_loss, latent_scaling_factor,
-                              load_checkpoint, save_checkpoint, shapes_judge_loss, split_attribute_logits, train,
-                              vae_loss)
+from course_lib.train import train
 
 TINY_VAE = VAEConfig(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                      block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
@@ -94,12 +98,11 @@ class _RecordingUNet(torch.nn.Module):
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3, 1.0])
-def test_latent_diffusion_loss_caption_dropout(monkeypatch, dropout):
+def test_latent_diffusion_loss_caption_dropout(dropout):
     null = torch.full((1, 4, 8), -7.0)
-    monkeypatch.setattr(train_module, "null_text_states", lambda: null)
     B = 2000
     batch = {"latent_mean": torch.zeros(B, 4, 2, 2), "latent_std": torch.zeros(B, 4, 2, 2),
-             "text_states": torch.ones(B, 4, 8)}
+             "text_states": torch.ones(B, 4, 8), "null_text_states": null.expand(B, -1, -1)}
     model = _RecordingUNet()
     schedule = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
     loss = latent_diffusion_loss(model, batch, schedule, torch.Generator().manual_seed(0), caption_dropout=dropout)
@@ -112,18 +115,17 @@ def test_latent_diffusion_loss_caption_dropout(monkeypatch, dropout):
 
 
 def test_latent_diffusion_loss_samples_the_scaled_posterior(monkeypatch):
-    monkeypatch.setattr(train_module, "null_text_states", lambda: torch.zeros(1, 4, 8))
     seen = {}
 
     def fake_training_loss(model, z0, schedule, generator=None, **kwargs):
         seen["z0"] = z0
         return z0.sum()
 
-    monkeypatch.setattr(train_module, "diffusion_training_loss", fake_training_loss)
+    monkeypatch.setattr(losses, "diffusion_training_loss", fake_training_loss)
     mean = torch.full((5000, 1, 1, 1), 2.0)
     std = torch.full((5000, 1, 1, 1), 0.5)
-    latent_diffusion_loss(None, {"latent_mean": mean, "latent_std": std, "text_states": torch.ones(5000, 4, 8)},
-                          None, torch.Generator().manual_seed(0))
+    latent_diffusion_loss(None, {"latent_mean": mean, "latent_std": std, "text_states": torch.ones(5000, 4, 8),
+                                 "null_text_states": torch.zeros(1, 4, 8)}, None, torch.Generator().manual_seed(0))
     # z_0 = s mu + s sigma eps_z: mean 2, std 0.5
     assert abs(seen["z0"].mean().item() - 2.0) < 0.03 and abs(seen["z0"].std().item() - 0.5) < 0.02
 
@@ -131,8 +133,8 @@ def test_latent_diffusion_loss_samples_the_scaled_posterior(monkeypatch):
 @pytest.fixture
 def few_shapes(monkeypatch):
     """The recipes' data and evaluations on 64 pictures per split instead of thousands (speed)."""
-    real = train_module.shapes_tensors
-    monkeypatch.setattr(train_module, "shapes_tensors", lambda split="train", num_images=None: real(split, 64))
+    real = recipes.shapes_tensors
+    monkeypatch.setattr(recipes, "shapes_tensors", lambda split="train", num_images=None: real(split, 64))
 
 
 def test_shapes_vae_recipe_measures_and_stores_the_scaling_factor(tmp_path, few_shapes):
@@ -177,7 +179,8 @@ def test_shapes_ldm_recipe_trains_on_its_frozen_components(tmp_path, monkeypatch
     vae_config = load_checkpoint(tmp_path / "shapes-vae")[1]["network_config"]
     assert data["latent_mean"].shape == (64, 4, 32, 32) and data["text_states"].shape == (64, 16, 8)
     # the empty caption's states are what the pipeline will use as the unconditional input
-    assert train_module.null_text_states().shape == (1, 16, 8)
+    assert recipes.null_text_states().shape == (1, 16, 8)
+    assert torch.equal(data["null_text_states"], recipes.null_text_states().expand(64, -1, -1))
     assert vae_config["scaling_factor"] == 0.18215  # not measured: a tiny checkpoint saved by hand
 
 

@@ -1,59 +1,30 @@
-"""Tests of course_lib.train: the loop, resume bit for bit, atomic checkpoints, interrupts."""
+"""Tests of course_lib.train: the loop, resume bit for bit, no silent overwrite, output checked first,
+interrupts. (The checkpoint format: test_checkpoints.py; kills and faults during training: test_train_faults.py.)"""
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 from dataclasses import replace
 
 import pytest
 import torch
 
 from course_lib import train as train_module
-from course_lib.diffusion import diffusion_training_loss
-from course_lib.nn.unet import UNetConfig
+from course_lib.checkpoints import DEFAULT_RUNS_DIR, CheckpointError, checkpoint_paths, load_checkpoint, load_training_state, writing
+from course_lib.checks import PathError
+from course_lib.losses import class_conditional_eps_loss, diffusion_training_loss, eps_prediction_loss
+from course_lib.networks import build_network
+from course_lib.recipes import RECIPES, get_recipe
+from course_lib.runtime import resolve_device, step_generators
 from course_lib.schedules import make_schedule
-from course_lib.train import (
-    RECIPES,
-    Recipe,
-    build_network,
-    checkpoint_paths,
-    eps_prediction_loss,
-    get_recipe,
-    load_checkpoint,
-    resolve_device,
-    save_checkpoint,
-    step_generators,
-    train,
-)
+from course_lib.train import train
 
-TINY_UNET = UNetConfig(
-    sample_size=8, in_channels=1, out_channels=1,
-    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    mid_block_type="UNetMidBlock2D", block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-).to_dict()
-
-
-def _tiny_data():
-    generator = torch.Generator().manual_seed(0)
-    return {"images": torch.rand(40, 1, 8, 8, generator=generator) * 2 - 1, "labels": torch.arange(40) % 10}
-
-
-TINY = Recipe(
-    name="tiny-ddpm", description="a tiny test recipe", network="UNet2DConditionModel", network_config=TINY_UNET,
-    data=_tiny_data, loss=eps_prediction_loss,
-    schedule={"kind": "linear", "num_train_timesteps": 100, "beta_start": 1e-4, "beta_end": 0.02},
-    steps=6, batch_size=4, lr=1e-3, warmup_steps=2, seed=7, checkpoint_every=2,
-)
-
+from _tiny import TINY, TINY_UNET, assert_same_weights
 
 def _state(path):
     return load_checkpoint(path)[0]
-
-
-def _assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_resume_is_bit_for_bit(tmp_path):
@@ -63,10 +34,10 @@ def test_resume_is_bit_for_bit(tmp_path):
     resumed = train(TINY, out=tmp_path / "split", resume=True, progress=False)
     assert resumed.step == full.step == 6
     assert resumed.losses == full.losses  # the history includes the steps before the resume
-    _assert_same_weights(_state(tmp_path / "full"), _state(tmp_path / "split"))
-    full_state = load_checkpoint(checkpoint_paths(tmp_path / "full")["state"])[0]
-    split_state = load_checkpoint(checkpoint_paths(tmp_path / "split")["state"])[0]
-    _assert_same_weights(full_state, split_state)  # AdamW moments too
+    assert_same_weights(_state(tmp_path / "full"), _state(tmp_path / "split"))
+    full_state = load_training_state(tmp_path / "full").tensors
+    split_state = load_training_state(tmp_path / "split").tensors
+    assert_same_weights(full_state, split_state)  # AdamW moments too
 
 
 def test_training_lowers_the_loss_and_writes_the_config(tmp_path):
@@ -89,9 +60,9 @@ def test_periodic_checkpoints_and_resume_past_the_end(tmp_path):
     seen_steps = []
     original = train_module.save_checkpoint
 
-    def spy(path, model, config):
+    def spy(path, model, config, *args):
         seen_steps.append(config["step"])
-        return original(path, model, config)
+        return original(path, model, config, *args)
 
     train_module.save_checkpoint = spy
     try:
@@ -140,8 +111,6 @@ def test_learning_rate_cosine_formula():
 
 
 def test_label_dropout_rate():
-    from course_lib.train import class_conditional_eps_loss
-
     seen = {}
 
     def fake_model(x, t, class_labels=None):
@@ -155,73 +124,6 @@ def test_label_dropout_rate():
     dropped = seen["labels"] == 10
     assert abs(dropped.float().mean().item() - 0.25) < 0.03
     assert torch.equal(seen["labels"][~dropped], labels[~dropped]), "kept labels must be unchanged"
-
-
-# ------------------------------------------------------------------------------ checkpoints
-
-
-def _model(seed):
-    torch.manual_seed(seed)
-    return build_network("UNet2DConditionModel", TINY_UNET)
-
-
-def test_save_and_load_checkpoint_round_trip(tmp_path):
-    model = _model(0)
-    written = save_checkpoint(tmp_path / "m.safetensors", model, {"network": "UNet2DConditionModel", "step": 3})
-    assert written == tmp_path / "m.safetensors" and (tmp_path / "m.json").is_file()
-    for path in (tmp_path / "m", tmp_path / "m.safetensors", tmp_path / "m.json"):
-        state_dict, config = load_checkpoint(path)
-        _assert_same_weights(state_dict, model.state_dict())
-        assert config == {"network": "UNet2DConditionModel", "step": 3}
-
-
-def test_a_failed_save_leaves_the_old_checkpoint(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path / "m", _model(0), {"step": 1})
-    before = {name: (tmp_path / name).read_bytes() for name in ("m.safetensors", "m.json")}
-
-    def broken(data, path):
-        path.write_text("{ half a fi")  # the temporary file is half written, then the disk fills up
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(train_module, "_write_json", broken)
-    with pytest.raises(OSError, match="No space left"):
-        save_checkpoint(tmp_path / "m", _model(1), {"step": 2})
-    assert {name: (tmp_path / name).read_bytes() for name in before} == before
-    assert sorted(os.listdir(tmp_path)) == ["m.json", "m.safetensors"]  # no temporary files left
-
-
-def test_a_save_interrupted_between_the_two_files_is_detected(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path / "m", _model(0), {"step": 1})
-    calls = []
-    real_replace = os.replace
-
-    def replace_once(source, target):
-        calls.append(target)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the weights were renamed, the config was not
-        real_replace(source, target)
-
-    monkeypatch.setattr(train_module.os, "replace", replace_once)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path / "m", _model(1), {"step": 2})
-    monkeypatch.setattr(train_module.os, "replace", real_replace)
-    with pytest.raises(ValueError, match="saved at step 2 but m.json says step 1"):
-        load_checkpoint(tmp_path / "m")
-
-
-def test_optimizer_state_flattens_and_comes_back():
-    model = _model(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2])).square().mean().backward()
-    optimizer.step()
-    tensors, data = train_module._flatten_optimizer(optimizer.state_dict())
-    json.dumps(data)  # the non-tensor part is JSON
-    restored = train_module._unflatten_optimizer(tensors, json.loads(json.dumps(data)))
-    original = optimizer.state_dict()
-    assert restored["param_groups"] == original["param_groups"]
-    for param_id, values in original["state"].items():
-        for key, value in values.items():
-            assert torch.equal(restored["state"][param_id][key], value)
 
 
 # ------------------------------------------------------------------------------ interrupts
@@ -255,7 +157,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, how, saved_
     resumed = train(TINY, out=tmp_path / "run", resume=True, progress=False)
     full = train(TINY, out=tmp_path / "full", progress=False)
     assert resumed.losses == full.losses
-    _assert_same_weights(_state(tmp_path / "run"), _state(tmp_path / "full"))
+    assert_same_weights(_state(tmp_path / "run"), _state(tmp_path / "full"))
 
 
 # ------------------------------------------------------------------------------ recipes, errors
@@ -272,10 +174,17 @@ def test_digits_ddpm_recipe_trains_one_step(tmp_path):
                                          "beta_end": 0.02}
 
 
-def test_default_out_follows_the_environment_variable(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))
+def test_the_default_output_is_runs_never_the_shipped_checkpoints(tmp_path, monkeypatch):
+    repository = DEFAULT_RUNS_DIR.parent
+    assert DEFAULT_RUNS_DIR.name == "runs" and (repository / "course_lib").is_dir()
+    assert "/runs/" in (repository / ".gitignore").read_text().split()  # git ignores what learners train
+    monkeypatch.delenv("COURSE_RUNS_DIR", raising=False)
+    assert train_module.output_path("digits-ddpm") == DEFAULT_RUNS_DIR / "digits-ddpm"
+    monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path / "shipped"))  # not where training writes
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))  # created if missing
     result = train(TINY, steps=1, progress=False)
-    assert result.checkpoint == tmp_path / "tiny-ddpm.safetensors"
+    assert result.checkpoint == tmp_path / "runs" / "tiny-ddpm.safetensors"
+    assert not (tmp_path / "shipped").exists()
 
 
 def test_train_errors(tmp_path):
@@ -283,13 +192,15 @@ def test_train_errors(tmp_path):
         train("digits-gan", out=tmp_path / "x")
     with pytest.raises(ValueError, match="steps must be at least 1, got 0"):
         train(TINY, out=tmp_path / "x", steps=0)
-    with pytest.raises(ValueError, match="Cannot resume: no training state"):
+    with pytest.raises(CheckpointError, match=r"x.state.safetensors: Cannot resume: no training state here — train "
+                                              r"without --resume"):
         train(TINY, out=tmp_path / "x", resume=True, progress=False)
     train(TINY, out=tmp_path / "y", steps=1, progress=False)
-    with pytest.raises(ValueError, match="written by recipe 'tiny-ddpm' with seed 7"):
+    with pytest.raises(CheckpointError, match=r"y.state.safetensors: Cannot resume: written by recipe 'tiny-ddpm' with "
+                                              r"seed 7, not 'tiny-ddpm' with seed 8 — use another --out path"):
         train(replace(TINY, seed=8), out=tmp_path / "y", resume=True, progress=False)
-    with pytest.raises(ValueError, match="Checkpoint file .*nothing.safetensors does not exist"):
-        load_checkpoint(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        train(TINY, out=tmp_path / "y", resume=True, overwrite=True, progress=False)
     with pytest.raises(ValueError, match="Unknown network 'GAN'"):
         build_network("GAN", {})
 
@@ -330,3 +241,84 @@ def test_a_class_conditional_recipe_needs_no_change_to_the_loop(tmp_path):
     assert resumed.losses == full.losses
     assert full.config["loss_args"] == {"label_dropout": 0.5, "null_class": 10}
     assert full.config["loss"] == "label_dropout_loss" and full.config["network_config"]["num_class_embeds"] == 11
+
+
+# ------------------------------------------------------------------------------ never overwrite silently
+
+
+def test_training_into_an_existing_checkpoint_needs_resume_or_overwrite(tmp_path):
+    first = train(TINY, out=tmp_path / "run", steps=2, progress=False)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    with pytest.raises(CheckpointError, match=r"run.safetensors: a checkpoint is here already, and training would "
+                                              r"replace it — continue it with --resume \(resume=True\), start again "
+                                              r"in its place with --overwrite \(overwrite=True\)"):
+        train(TINY, out=tmp_path / "run", progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before  # untouched
+    again = train(replace(TINY, seed=8), out=tmp_path / "run", steps=2, overwrite=True, progress=False)
+    assert again.config["seed"] == 8 and again.losses != first.losses
+    assert load_training_state(tmp_path / "run").info["seed"] == 8  # the training state was replaced too
+
+
+@pytest.mark.parametrize("make_out, message", [
+    (lambda tmp: tmp / "missing" / "run", r"missing: this folder does not exist — create it first \(mkdir -p"),
+    (lambda tmp: tmp / "a-file" / "run", r"a-file: is a file, not a folder"),
+    (lambda tmp: tmp / "a-file" / "deeper" / "run", r"deeper: lies under .*a-file, which is a file, not a folder"),
+    (lambda tmp: tmp / "read-only" / "run", r"read-only: cannot be written \((Read-only file system|Permission "
+                                            r"denied)\) — choose a folder you can write to"),
+])
+def test_an_unwritable_output_fails_before_any_data_is_loaded(tmp_path, make_out, message):
+    (tmp_path / "a-file").write_text("x")
+    out = make_out(tmp_path)
+
+    def data_never_loaded():
+        raise AssertionError("the data was loaded before the output was checked")
+
+    with read_only_folder(out.parent) if out.parent.name == "read-only" else contextlib.nullcontext():
+        with pytest.raises(PathError, match=message):
+            train(replace(TINY, data=data_never_loaded), out=out, progress=False)
+
+
+@contextlib.contextmanager
+def read_only_folder(folder):
+    """A folder nobody may write into: no write permission, or for root (who ignores it) a read-only mount."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("root ignores permissions, and this machine does not allow a read-only mount")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_second_run_into_the_same_checkpoint_is_refused(tmp_path):
+    with writing(tmp_path / "run"):  # as a training run holds it (another process would be refused alike)
+        with pytest.raises(CheckpointError, match="run: another process .* is writing this checkpoint"):
+            _in_other_process(lambda: train(TINY, out=tmp_path / "run", steps=1, progress=False))
+
+
+def _in_other_process(function):
+    """Run ``function`` in a forked child; re-raise its exception here (pickled through a pipe)."""
+    import pickle
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            function()
+            payload = b""
+        except BaseException as error:  # noqa: BLE001 - sent to the parent
+            payload = pickle.dumps(error)
+        os.write(write_end, payload)
+        os._exit(0)
+    os.close(write_end)
+    payload = b"".join(iter(lambda: os.read(read_end, 65536), b""))
+    os.waitpid(pid, 0)
+    if payload:
+        raise pickle.loads(payload)

@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib.train import build_network, load_checkpoint
+from course_lib.checkpoints import load_checkpoint
+from course_lib.networks import build_network
+
+from _tiny import TINY
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason="this torch has no torch.distributed with the gloo backend: several processes cannot train on the CPU",
 )
 
-# Run by each of the two processes: the tiny recipe of test_train.py for 4 steps, then 2 steps and
+# Run by each of the two processes: the tiny recipe of _tiny.py for 4 steps, then 2 steps and
 # a resume to 4; each process writes a hash of its final weights and its loss history. The loss
 # calls a method of the network, not model(...), as the VAE's loss calls model.encode and
 # model.decode: DistributedDataParallel must average those gradients too.
@@ -27,8 +30,9 @@ SCRIPT = """
 import hashlib, json, os, sys
 from dataclasses import replace
 sys.path.insert(0, {tests!r})
-from test_train import TINY
-from course_lib.train import eps_prediction_loss, train
+from _tiny import TINY
+from course_lib.losses import eps_prediction_loss
+from course_lib.train import train
 
 def method_loss(model, batch, schedule, generator):
     return eps_prediction_loss(model.forward, batch, schedule, generator)
@@ -51,8 +55,6 @@ def _sha256(state_dict):
 
 
 def test_two_processes_train_the_same_model_and_resume(tmp_path):
-    from test_train import TINY
-
     script = tmp_path / "ddp_script.py"
     script.write_text(SCRIPT.format(tests=str(REPO / "tests")))
     folder = tmp_path / "runs"

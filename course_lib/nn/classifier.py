@@ -12,7 +12,7 @@
                       that guidance had been optimising against would be fooled by exactly the
                       adversarial pixels guidance adds, and would score guided samples too well.
 
-The loss helpers draw what training needs (t, ε, shifts) from a ``torch.Generator`` so runs repeat.
+Their training losses are course_lib.losses.noisy_classifier_loss and judge_loss.
 
 Notation (code name -> symbol):
 
@@ -31,10 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from course_lib.captions import ATTRIBUTES
-from course_lib.checks import check_floating, check_int_range, check_labels, check_timesteps
-from course_lib.diffusion import q_sample
+from course_lib.checks import check_floating, check_int_range, check_timesteps
 from course_lib.nn.unet import DownBlock2D, MidBlock2D, TimestepEmbedding, Timesteps
-from course_lib.schedules import NoiseSchedule
 
 __all__ = [
     "ClassifierConfig",
@@ -42,8 +40,6 @@ __all__ = [
     "JudgeConfig",
     "JudgeClassifier",
     "random_shift",
-    "noisy_classifier_loss",
-    "judge_loss",
     "SHAPES_JUDGE_HEADS",
     "split_attribute_logits",
 ]
@@ -204,46 +200,6 @@ class NoisyClassifier(nn.Module):
         return self.head(h)  # (B, K)
 
 
-def noisy_classifier_loss(
-    model: NoisyClassifier,
-    x0: torch.Tensor,
-    labels: torch.Tensor,
-    schedule: NoiseSchedule,
-    generator: torch.Generator | None = None,
-    max_shift: int = 0,
-) -> torch.Tensor:
-    """Cross-entropy of the noise-aware classifier on freshly noised images.
-
-        t ~ U{0, ..., T - 1},  ε ~ N(0, I),  x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε  (diffusion.q_sample)
-        L = -log p_φ(y | x_t, t)                                                     averaged over the batch
-
-    :param model: a :class:`NoisyClassifier`
-    :param x0: clean images x_0, (B, C, H, W) in [-1, 1]
-    :param labels: classes y, LongTensor (B,)
-    :param schedule: the noise schedule (its T must equal ``model.config.num_train_timesteps``)
-    :param generator: draws t, ε (and shifts) on x0's device; ``None`` uses the global generator
-    :param max_shift: shift the clean images by up to this many pixels first (augmentation; 0 = off)
-    :return: scalar loss
-    """
-    c = model.config
-    _check_images(x0, "x0", c.in_channels, c.sample_size, "Pass clean training images of the classifier's size.")
-    labels = check_labels(labels, c.num_classes, x0.shape[0])
-    if schedule.num_train_timesteps != c.num_train_timesteps:
-        raise ValueError(
-            f"The schedule has T = {schedule.num_train_timesteps} steps but the classifier was built for "
-            f"num_train_timesteps={c.num_train_timesteps}. Use the schedule of the diffusion model it will guide, "
-            f"and set ClassifierConfig(num_train_timesteps=...) to its T."
-        )
-    if max_shift:
-        x0 = random_shift(x0, max_shift, generator)
-    batch = x0.shape[0]
-    t = torch.randint(0, c.num_train_timesteps, (batch,), generator=generator, device=x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = q_sample(x0, t, noise, schedule)
-    # L = -log p_φ(y | x_t, t)
-    return F.cross_entropy(model(x_t, t), labels.to(x0.device))
-
-
 # ----------------------------------------------------------------------------------------------
 # The judge: a classifier of clean digits, for evaluation only
 
@@ -352,32 +308,6 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     index = torch.arange(batch, device=x.device)[:, None, None]
     crops = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
     return crops.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
-
-
-def judge_loss(
-    model: JudgeClassifier,
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    generator: torch.Generator | None = None,
-    max_shift: int = 1,
-) -> torch.Tensor:
-    """Cross-entropy of the judge on clean images, randomly shifted by up to ``max_shift`` pixels.
-
-        L = -log p(y | shift(x))       averaged over the batch
-
-    :param model: a :class:`JudgeClassifier`
-    :param x: clean images (B, C, H, W) in [-1, 1]
-    :param labels: classes y, LongTensor (B,)
-    :param generator: draws the shifts on x's device
-    :param max_shift: augmentation strength in pixels (0 = no augmentation)
-    :return: scalar loss
-    """
-    c = model.config
-    _check_images(x, "x", c.in_channels, c.sample_size, "Pass clean training images of the judge's size.")
-    labels = check_labels(labels, c.num_classes, x.shape[0])
-    x = random_shift(x, max_shift, generator)
-    # L = -log p(y | x)
-    return F.cross_entropy(model(x), labels.to(x.device))
 
 
 # ----------------------------------------------------------------------------------------------
