@@ -80,6 +80,20 @@ def test_a_message_with_braces_but_no_fields_is_returned_as_it_is():
     assert template_fields("t={t:4d}, {name} {{literal}}") == {"t", "name"}
 
 
+def test_a_broken_translation_file_leaves_its_messages_in_english(tmp_path, monkeypatch):
+    from course_lib.i18n import catalogues
+
+    folder = tmp_path / "zh" / "notebooks"
+    folder.mkdir(parents=True)
+    (folder / "good.yaml").write_text("strings:\n- en: Noise level\n  zh: 噪声水平\n", encoding="utf-8")
+    (folder / "broken.yaml").write_text("strings: [\n", encoding="utf-8")
+    monkeypatch.setattr(catalogues, "translation_files", lambda language: sorted(folder.glob("*.yaml")))
+    course_lib.set_language("zh")
+    with pytest.warns(UserWarning, match="broken.yaml: not valid YAML"):
+        assert tr("Noise level") == "噪声水平"
+    i18n.catalogue.cache_clear()
+
+
 def test_chinese_comes_from_the_library_catalogue():
     course_lib.set_language("zh")
     library = read_strings(library_catalogue_path("zh"))
@@ -494,13 +508,17 @@ def test_notebooks_without_cell_ids_cannot_be_translated(tmp_path):
         update(path, "zh", tmp_path)
 
 
-def test_the_command_line_builds_and_checks(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "course_lib.i18n", "check", "--language", "zh",
-                          str(ROOT / "notebooks" / "00_welcome.ipynb")], capture_output=True, text=True, timeout=120)
-    assert run.stdout.strip().endswith("problem(s)"), run.stderr
-    run = subprocess.run([sys.executable, "-m", "course_lib.i18n", "accept", str(ROOT / "notebooks" / "00_welcome.ipynb"),
-                          "no-such-cell"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "has no Markdown cell 'no-such-cell'" in run.stderr
+def test_the_command_line_checks_and_explains_a_wrong_cell_id(capsys):
+    from course_lib.i18n.__main__ import main
+
+    status = main(["check", "--language", "zh", str(ROOT / "notebooks" / "00_welcome.ipynb")])
+    output = capsys.readouterr().out
+    count = int(output.strip().splitlines()[-1].split()[0])          # the last line: "N problem(s)"
+    assert status == (1 if count else 0)
+    assert main(["accept", str(ROOT / "notebooks" / "00_welcome.ipynb"), "no-such-cell"]) == 2
+    assert "has no Markdown cell 'no-such-cell'" in capsys.readouterr().err
+    run = subprocess.run([sys.executable, "-m", "course_lib.i18n", "--help"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "build" in run.stdout and "accept" in run.stdout
 
 
 # ------------------------------------------------------------------------------------ make lab LANG=zh

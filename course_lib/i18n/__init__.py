@@ -143,7 +143,7 @@ def catalogue(language: str) -> dict[str, str]:
     An English message translated twice keeps the first translation (the library's, then the
     translation files in sorted order); ``tests/test_translations.py`` refuses such conflicts.
     """
-    from .catalogues import library_catalogue_path, read_strings, translation_files
+    from .catalogues import TranslationFileError, library_catalogue_path, read_strings, translation_files
 
     language = normalize_language(language)
     merged: dict[str, str] = {}
@@ -151,7 +151,12 @@ def catalogue(language: str) -> dict[str, str]:
     for path in sources:
         if not path.exists():
             continue
-        for english, translated in read_strings(path).items():
+        try:
+            strings = read_strings(path, language)
+        except TranslationFileError as error:   # a lesson keeps running, in English where the file was broken
+            warnings.warn(f"{error} Its messages are shown in English until it is fixed.", stacklevel=3)
+            continue
+        for english, translated in strings.items():
             if translated:
                 merged.setdefault(english, translated)
     return merged

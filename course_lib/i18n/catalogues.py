@@ -163,9 +163,9 @@ def _language_of(path: Path) -> str:
     raise TranslationFileError(f"{path}: cannot tell the language; translation files live in translations/<language>/.")
 
 
-def read_strings(path: Path) -> dict[str, str | None]:
+def read_strings(path: Path, language: str | None = None) -> dict[str, str | None]:
     """English message -> translation (or None) of a translation file or the library catalogue."""
-    return read_translation_file(path).string_map()
+    return read_translation_file(path, language).string_map()
 
 
 # ------------------------------------------------------------------------------------ writing
