@@ -228,6 +228,9 @@ ALL_CHECKS = [
     (exercises.check_alpha_bar, 1),
     (exercises.check_pred_x0, 3),
     (exercises.check_ddim_step, 4),
+    (exercises.check_noised_component, 3),  # lesson 03
+    (exercises.check_tweedie, 3),
+    (exercises.check_guidance_prediction, 1),
     (exercises.check_classifier_guided_eps, 4),
     (exercises.check_bayes_score, 3),
     (exercises.check_cfg, 3),

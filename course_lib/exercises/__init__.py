@@ -28,6 +28,11 @@ check                            the learner's function                         
 ``check_alpha_bar``              fn(betas) -> alphas_cumprod                    01
 ``check_pred_x0``                fn(x_t, eps, alpha_bar_t) -> pred_x0           02
 ``check_ddim_step``              fn(x_t, eps, alpha_bar_t, alpha_bar_prev)      02
+``check_noised_component``       fn(mean, covariance, alpha_bar)                03
+                                 -> (mean_t, covariance_t)
+``check_tweedie``                fn(x_t, score, alpha_bar) -> E[x_0 | x_t]      03
+``check_guidance_prediction``    fn(scale) -> a dict of two predictions about   03
+                                 guidance with exact scores: predict, then run
 ``check_classifier_guided_eps``  fn(eps, grad_log_prob, alpha_bar_t, scale)     04
 ``check_bayes_score``            fn(score_uncond, grad_log_p_y_given_x, scale)  04
 ``check_cfg``                    fn(eps_uncond, eps_cond, guidance_scale)       05
@@ -52,12 +57,13 @@ check                            the learner's function                         
 
 The package holds the grading engine (:mod:`.grading`: running the learner's function, comparing,
 every verdict's wording) and one module per lesson with that lesson's checks
-(:mod:`.lesson01`, :mod:`.lesson02`, :mod:`.lesson04` ... :mod:`.lesson09`). Notebooks import
+(:mod:`.lesson01` ... :mod:`.lesson09`). Notebooks import
 the package and call ``exercises.check_...``; every check is re-exported here.
 """
 
 from .lesson01 import check_alpha_bar, check_q_sample
 from .lesson02 import check_ddim_step, check_pred_x0
+from .lesson03 import check_guidance_prediction, check_noised_component, check_tweedie
 from .lesson04 import check_bayes_score, check_classifier_guided_eps
 from .lesson05 import check_batch_of_two, check_cfg
 from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
@@ -70,6 +76,9 @@ __all__ = [
     "check_alpha_bar",
     "check_pred_x0",
     "check_ddim_step",
+    "check_noised_component",
+    "check_tweedie",
+    "check_guidance_prediction",
     "check_classifier_guided_eps",
     "check_bayes_score",
     "check_cfg",
