@@ -32,8 +32,21 @@ code name              symbol
 Papers: DDPM = Ho et al. 2020; DDIM = Song et al. 2021; Karras et al. 2022 = "Elucidating the
 Design Space of Diffusion-Based Generative Models"; Lu et al. 2022b = "DPM-Solver++".
 
-Defaults are Stable Diffusion v1.x's: ``timestep_spacing="leading"``, ``steps_offset=1``, DDIM
-``set_alpha_to_one=False``, no clipping of pred_x0, DDPM ``variance_type="fixed_small"``.
+Defaults: ``XSampler(schedule)`` is diffusers' ``XScheduler.from_config(config)`` for Stable
+Diffusion v1.x's scheduler_config.json (tests/test_samplers.py checks it timestep for timestep).
+That config sets ``steps_offset=1``, DDIM's ``set_alpha_to_one=False`` and no clipping of pred_x0,
+and no ``timestep_spacing``, so each scheduler keeps its own default, and so does each sampler here:
+
+=====================  ====================  ==============================================
+sampler                timestep_spacing      diffusers' class (its default spacing)
+=====================  ====================  ==============================================
+``DDPMSampler``        ``"leading"``         ``DDPMScheduler``
+``DDIMSampler``        ``"leading"``         ``DDIMScheduler``
+``EulerSampler``       ``"linspace"``        ``EulerDiscreteScheduler``
+``DPMSolverSampler``   ``"linspace"``        ``DPMSolverMultistepScheduler``
+=====================  ====================  ==============================================
+
+DDPM's ``variance_type`` is ``"fixed_small"``, diffusers' default.
 """
 
 from __future__ import annotations
@@ -93,20 +106,24 @@ class Sampler:
 
     :param schedule: the noise schedule the model was trained with
     :param timestep_spacing: how the grid of ``n`` sampling timesteps is laid on 0..T-1:
-        ``"leading"`` (i * (T // n) + steps_offset, Stable Diffusion's), ``"linspace"`` (evenly
-        from 0 to T-1) or ``"trailing"`` (ends at T-1; Lin et al. 2024, Table 2)
+        ``"leading"`` (i * (T // n) + steps_offset), ``"linspace"`` (evenly from 0 to T-1) or
+        ``"trailing"`` (ends at T-1; Lin et al. 2024, Table 2); None: the class's
+        ``default_timestep_spacing``, that of diffusers' scheduler of the same name
     :param steps_offset: added to every timestep by ``"leading"`` spacing (Stable Diffusion: 1)
     """
 
     name = "sampler"
+    default_timestep_spacing = "leading"  # the default of diffusers' scheduler of the same name
 
-    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str = "leading", steps_offset: int = 1):
+    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str | None = None, steps_offset: int = 1):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(
                 f"schedule must be a NoiseSchedule, got {type(schedule).__name__}. "
                 f"Build one with course_lib.schedules.make_schedule(...)."
             )
         self.schedule = schedule
+        if timestep_spacing is None:
+            timestep_spacing = self.default_timestep_spacing
         self.timestep_spacing = check_choice(timestep_spacing, TIMESTEP_SPACINGS, "timestep_spacing")
         self.steps_offset = check_int_range(steps_offset, "steps_offset", 0)
         self.num_inference_steps: int | None = None
@@ -235,14 +252,14 @@ class DDPMSampler(Sampler):
     :param schedule: the noise schedule
     :param variance_type: $\\sigma_t^2$ of the added noise: ``"fixed_small"`` ($\\tilde\\beta_t$, the
         variance of the true posterior q(x_{t-1} | x_t, x_0)) or ``"fixed_large"`` ($\\beta_t$)
-    :param timestep_spacing: see :class:`Sampler`
+    :param timestep_spacing: see :class:`Sampler` (default ``"leading"``, as diffusers')
     :param steps_offset: see :class:`Sampler`
     """
 
     name = "ddpm"
 
     def __init__(self, schedule: NoiseSchedule, variance_type: str = "fixed_small", *,
-                 timestep_spacing: str = "leading", steps_offset: int = 1):
+                 timestep_spacing: str | None = None, steps_offset: int = 1):
         super().__init__(schedule, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         self.variance_type = check_choice(variance_type, ("fixed_small", "fixed_large"), "variance_type")
 
@@ -298,14 +315,14 @@ class DDIMSampler(Sampler):
     :param eta: $\\eta$ of DDIM eq. 16, the amount of fresh noise per step (>= 0)
     :param set_alpha_to_one: after the last step use $\\bar\\alpha = 1$ (a clean image) instead of
         $\\bar\\alpha_0$ (Stable Diffusion: False)
-    :param timestep_spacing: see :class:`Sampler`
+    :param timestep_spacing: see :class:`Sampler` (default ``"leading"``, as diffusers')
     :param steps_offset: see :class:`Sampler`
     """
 
     name = "ddim"
 
     def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, *, set_alpha_to_one: bool = False,
-                 timestep_spacing: str = "leading", steps_offset: int = 1):
+                 timestep_spacing: str | None = None, steps_offset: int = 1):
         super().__init__(schedule, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         self.eta = check_number(eta, "eta", minimum=0.0, hint="eta = 0 is deterministic DDIM, eta = 1 is DDPM-like.")
         self.set_alpha_to_one = bool(set_alpha_to_one)
@@ -361,14 +378,15 @@ class EulerSampler(Sampler):
     sigma = 0.)
 
     :param schedule: the noise schedule
-    :param timestep_spacing: see :class:`Sampler`; ``"linspace"`` gives fractional timesteps
-        (as in diffusers), the only case where ``timesteps`` is a float tensor
+    :param timestep_spacing: see :class:`Sampler` (default ``"linspace"``, as diffusers'); ``"linspace"``
+        gives fractional timesteps (as in diffusers), the only case where ``timesteps`` is a float tensor
     :param steps_offset: see :class:`Sampler`
     """
 
     name = "euler"
+    default_timestep_spacing = "linspace"  # EulerDiscreteScheduler's
 
-    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str = "leading", steps_offset: int = 1):
+    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str | None = None, steps_offset: int = 1):
         super().__init__(schedule, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         self.sigmas: torch.Tensor | None = None  # σ at each sampling timestep, then 0: (n + 1,)
 
@@ -446,13 +464,14 @@ class DPMSolverSampler(Sampler):
     the last (down to x_0) are first-order steps, which are exactly DDIM steps.
 
     :param schedule: the noise schedule
-    :param timestep_spacing: see :class:`Sampler`
+    :param timestep_spacing: see :class:`Sampler` (default ``"linspace"``, as diffusers')
     :param steps_offset: see :class:`Sampler`
     """
 
     name = "dpmsolver"
+    default_timestep_spacing = "linspace"  # DPMSolverMultistepScheduler's
 
-    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str = "leading", steps_offset: int = 1):
+    def __init__(self, schedule: NoiseSchedule, *, timestep_spacing: str | None = None, steps_offset: int = 1):
         super().__init__(schedule, timestep_spacing=timestep_spacing, steps_offset=steps_offset)
         self._previous: tuple[int, torch.Tensor] | None = None  # (grid position, x̂_0) of the last step
 

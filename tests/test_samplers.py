@@ -47,12 +47,15 @@ def schedule_of(kind):
 
 
 def pair(name, kind, steps_offset=1, timestep_spacing="leading", eta=0.0):
-    """Our sampler and the diffusers scheduler of the same name and configuration."""
+    """Our sampler and the diffusers scheduler of the same name and configuration
+    (``timestep_spacing=None``: set by neither, each class's default)."""
     diffusers = pytest.importorskip("diffusers")
     diffusers.utils.logging.set_verbosity_error()
-    config = {**SD_CONFIG, **SCHEDULES[kind][1], "steps_offset": steps_offset, "timestep_spacing": timestep_spacing}
+    config = {**SD_CONFIG, **SCHEDULES[kind][1], "steps_offset": steps_offset}
+    kwargs = dict(steps_offset=steps_offset)
+    if timestep_spacing is not None:
+        config["timestep_spacing"] = kwargs["timestep_spacing"] = timestep_spacing
     theirs = getattr(diffusers, DIFFUSERS_CLASS[name]).from_config(config)
-    kwargs = dict(steps_offset=steps_offset, timestep_spacing=timestep_spacing)
     if name == "ddim":
         kwargs["eta"] = eta
     return make_sampler(name, schedule_of(kind), **kwargs), theirs
@@ -113,11 +116,26 @@ def test_other_timestep_spacings_match_diffusers(name, spacing, n):
     compare_loops(ours, theirs, n, eta=0.0 if name == "ddim" else None)
 
 
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+@pytest.mark.parametrize("n", [1, 10, 50])
+def test_defaults_are_diffusers_from_config_of_sd15(name, n):
+    """XSampler(schedule) is XScheduler.from_config(SD v1.5's scheduler config), which sets no
+    timestep_spacing: the same grid, the same init_noise_sigma, the same samples step for step."""
+    diffusers = pytest.importorskip("diffusers")
+    diffusers.utils.logging.set_verbosity_error()
+    classes = {"ddpm": DDPMSampler, "ddim": DDIMSampler, "euler": EulerSampler, "dpmsolver": DPMSolverSampler}
+    ours = classes[name](schedule_of("scaled_linear"))
+    theirs = getattr(diffusers, DIFFUSERS_CLASS[name]).from_config(SD_CONFIG)
+    assert ours.timestep_spacing == theirs.config.timestep_spacing == type(ours).default_timestep_spacing
+    compare_loops(ours, theirs, n, eta=0.0 if name == "ddim" else None)
+
+
 def test_sd_defaults():
     s = schedule_of("scaled_linear")
+    spacing = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "dpmsolver": "linspace"}
     for name in SAMPLER_NAMES:
         sampler = make_sampler(name, s)
-        assert (sampler.timestep_spacing, sampler.steps_offset) == ("leading", 1)
+        assert (sampler.timestep_spacing, sampler.steps_offset) == (spacing[name], 1)
     ddim = DDIMSampler(s)
     assert ddim.eta == 0.0 and not ddim.set_alpha_to_one
     assert DDPMSampler(s).variance_type == "fixed_small"
@@ -163,7 +181,7 @@ def test_ddim_is_euler_in_sigma_variables():
     # deterministic DDIM is Euler's method on dx/dσ = ε for x = x_t / sqrt(ᾱ_t): the two samplers
     # follow the same x_t (Euler's x divided by sqrt(σ² + 1)) on every step but the last
     s = schedule_of("scaled_linear")
-    ddim, euler = DDIMSampler(s), EulerSampler(s)
+    ddim, euler = DDIMSampler(s), EulerSampler(s, timestep_spacing="leading")  # on DDIM's grid
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     trajectories = {}
     for sampler in (ddim, euler):
@@ -213,7 +231,7 @@ def test_dpmsolver_last_step_returns_pred_x0():
 
 def test_euler_alpha_bar_and_scaling():
     s = schedule_of("scaled_linear")
-    euler = EulerSampler(s)
+    euler = EulerSampler(s, timestep_spacing="leading")  # integer timesteps: ᾱ_t read off the schedule
     euler.set_timesteps(10)
     x = torch.ones(1, 1, 2, 2)
     for t in euler.timesteps:
@@ -221,6 +239,14 @@ def test_euler_alpha_bar_and_scaling():
         assert euler.alpha_bar(t).item() == pytest.approx(a.item(), rel=1e-5)
         assert euler.scale_model_input(x, t).flatten()[0].item() == pytest.approx(a.sqrt().item(), rel=1e-5)
     assert euler.init_noise_sigma == pytest.approx(math.sqrt(1 / s.alphas_cumprod[int(euler.timesteps[0])].item()), rel=1e-5)
+    # "linspace" (the default): fractional t, σ interpolated linearly between the schedule's σ_t, ᾱ = 1 / (1 + σ²)
+    euler = EulerSampler(s)
+    euler.set_timesteps(5)
+    t = euler.timesteps[1]  # 749.25
+    low, frac = int(t), float(t) - int(t)
+    sigma = (1 - frac) * s.sigmas[low].item() + frac * s.sigmas[low + 1].item()
+    assert 0 < frac < 1 and euler.alpha_bar(t).item() == pytest.approx(1 / (1 + sigma ** 2), rel=1e-5)
+    assert euler.init_noise_sigma == pytest.approx(s.sigmas[999].item(), rel=1e-6)  # σ_max, diffusers' choice
 
 
 def test_sample_loop_equals_the_loop_written_out_and_calls_back():
@@ -288,8 +314,8 @@ def test_use_before_set_timesteps_and_unknown_timestep():
         with pytest.raises(ValueError, match=r"Call sampler.set_timesteps\(num_inference_steps\) first"):
             sample_loop(fake_model, sampler, x, progress=False)
         sampler.set_timesteps(10)
-        with pytest.raises(ValueError, match="t=500 is not one of this sampler's timesteps"):
-            sampler.step(x, 500, x)
+        with pytest.raises(ValueError, match="t=123 is not one of this sampler's timesteps"):
+            sampler.step(x, 123, x)
         with pytest.raises(ValueError, match=r"model_output has shape \(2, 3, 4\)"):
             sampler.step(x[..., 0], sampler.timesteps[0], x)
 
@@ -313,7 +339,7 @@ def test_add_noise_is_the_forward_process_in_each_samplers_variable(name):
     from course_lib.diffusion import q_sample
 
     schedule = make_schedule("scaled_linear", 1000, 0.00085, 0.012)
-    sampler = make_sampler(name, schedule)
+    sampler = make_sampler(name, schedule, timestep_spacing="leading")  # integer timesteps, for q_sample
     sampler.set_timesteps(10)
     generator = torch.Generator().manual_seed(0)
     x0, eps = torch.randn((2, 3, 4, 4, 4), generator=generator)
