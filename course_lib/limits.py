@@ -224,7 +224,8 @@ def _total_memory(device: torch.device) -> int:
         total = 16 * GIB
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(limit_file).read().strip()
+            with open(limit_file) as file:
+                text = file.read().strip()
         except OSError:
             continue
         if text.isdigit():
