@@ -26,7 +26,7 @@ is stopped keeps what it measured):
 Times are the median of ``--repeats`` calls after a warm-up call, wall clock around
 ``torch.cuda.synchronize()``, ``output_type="np"`` (the images reach the host). Peak memory is
 ``torch.cuda.max_memory_allocated``. Model FLOP utilisation: FLOPs per image counted by
-``course_lib.metrics.count_flops`` (50 UNet passes at batch 2 + one VAE decode) divided by the
+``course_lib.profiling.count_flops`` (50 UNet passes at batch 2 + one VAE decode) divided by the
 time per image and by the GPU's dense float16 peak (989 TFLOP/s for an H100 SXM or an H200).
 
 Results: ``<out>/<gpu>-<date>.json`` (default out: benchmarks/results). diffusers must be
@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from course_lib.metrics import count_flops  # noqa: E402
+from course_lib.profiling import count_flops  # noqa: E402
 from course_lib.pipeline import SD_SCHEDULER_CONFIG, StableDiffusion  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"

@@ -8,8 +8,11 @@ caption that says what is in them (lessons 06-09). Every green triangle and ever
 held out of the training split, so lesson 07 can ask a text-conditioned model for a combination
 it never saw.
 
-Both reach the notebooks as ``datasets.Dataset`` objects; ``digits_tensors`` and
-``shapes_tensors`` give the same data as plain tensors for fast training loops.
+The notebooks and the training recipes take them as plain tensors (``digits_tensors``,
+``shapes_tensors``, ``shapes_attributes``): a whole split fits in memory and a batch is one
+indexing. ``load_digits`` and ``load_shapes`` give the same data as Hugging Face
+``datasets.Dataset`` objects (PNG images, labels or captions), for use with that library's tools;
+tests/test_datasets.py checks that both forms hold the same pictures.
 
 Notation: x_0 is a clean image in [-1, 1], (B, C, H, W) with C = 1 (digits) or 3 (shapes).
 """

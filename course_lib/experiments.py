@@ -18,19 +18,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
+from .captions import ATTRIBUTES
 from .checks import check_choice, check_int_range, check_number
-from .datasets import digits_tensors
+from .datasets import digits_tensors, render_shape, shapes_tensors
+from .files import atomic_write, atomic_write_text
 from .guidance import cfg_denoiser, classifier_guided_denoiser
-from .metrics import sample_report
+from .metrics import (clip_image_features, feature_statistics, gaussian_frechet_distance, sample_report,
+                      shapes_judge_report, shapes_prompt_grid)
+from .nn.text import clip_score, tokenize_prompts
+from .pipeline import MINI_SD_TOKENIZER, StableDiffusion
+from .pixels import from_uint8, from_unit
 from .pretrained import checkpoint_dir, load_course_model
-from .samplers import DDIMSampler, sample_loop
+from .profiling import Timer
+from .samplers import SAMPLER_NAMES, DDIMSampler, sample_loop
 from .schedules import make_schedule
 
 __all__ = ["SweepResult", "guidance_sweep", "cache_dir", "METHODS"]
@@ -73,6 +81,25 @@ class SweepResult:
         return self.samples[index * n:(index + 1) * n]
 
 
+def _read_cache(key: str) -> tuple[dict, dict] | None:
+    """The tensors and the info of a cached result, or None when the cache does not hold both files."""
+    files = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
+    if not (files[0].is_file() and files[1].is_file()):
+        return None
+    return load_file(files[0]), json.loads(files[1].read_text())
+
+
+def _write_cache(key: str, tensors: dict, info: dict) -> None:
+    """Cache a result as KEY.safetensors and KEY.json, each written atomically (never half a file).
+
+    A reader takes a result only when both files are there; both hold the result of the same key.
+    """
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / f"{key}.safetensors", lambda path: save_file(tensors, path))
+    atomic_write_text(folder / f"{key}.json", json.dumps(info, indent=1))
+
+
 def _key(method: str, strengths: list[float], per_class: int, steps: int, seed: int) -> str:
     digest = hashlib.sha256(json.dumps([method, strengths, per_class, steps, seed]).encode())
     for name in METHODS[method] + ("digits-judge",):
@@ -100,9 +127,9 @@ def guidance_sweep(method: str, strengths, per_class: int = 5, steps: int = 50, 
     check_int_range(per_class, "per_class", 2, hint="Diversity needs at least two samples of each class.")
     check_int_range(steps, "steps", 1, 1000)
     key = _key(method, strengths, per_class, steps, seed)
-    files = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
-    if use_cache and files[0].is_file() and files[1].is_file():
-        tensors, info = load_file(files[0]), json.loads(files[1].read_text())
+    cached = _read_cache(key) if use_cache else None
+    if cached is not None:
+        tensors, info = cached
         return SweepResult(method, strengths, per_class, steps, seed, tensors["samples"], tensors["labels"],
                            info["reports"], info["seconds_per_sample"], from_cache=True)
 
@@ -120,22 +147,17 @@ def guidance_sweep(method: str, strengths, per_class: int = 5, steps: int = 50, 
     else:
         classifier, _ = load_course_model("digits-noisy-classifier")
         denoise = classifier_guided_denoiser(unet, classifier, labels, scales, sampler)
-    start = time.perf_counter()
-    samples = sample_loop(denoise, sampler, noise, progress=progress).clamp(-1, 1)
-    seconds_per_sample = (time.perf_counter() - start) / len(samples)
+    with Timer() as timer:
+        samples = sample_loop(denoise, sampler, noise, progress=progress).clamp(-1, 1)
+    seconds_per_sample = timer.seconds / len(samples)
 
     reference = digits_tensors("test")[0]
     reports = [sample_report(judge, samples[i * n:(i + 1) * n], labels[i * n:(i + 1) * n], reference)
                for i in range(len(strengths))]
     result = SweepResult(method, strengths, per_class, steps, seed, samples, labels, reports, seconds_per_sample)
     if use_cache:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        for path, write in ((files[0], lambda p: save_file({"samples": samples.contiguous(), "labels": labels}, p)),
-                            (files[1], lambda p: p.write_text(json.dumps(
-                                {"reports": reports, "seconds_per_sample": seconds_per_sample}, indent=1)))):
-            temporary = path.with_name(path.name + ".tmp")
-            write(temporary)
-            os.replace(temporary, path)                       # atomic: never a half-written cache file
+        _write_cache(key, {"samples": samples.contiguous(), "labels": labels},
+                     {"reports": reports, "seconds_per_sample": seconds_per_sample})
     return result
 
 
@@ -185,9 +207,6 @@ def sweep_prompts(num_prompts: int = 16) -> list[dict]:
     c = (5 (p mod 2) + p mod 5 + 3 r) mod 10: the first 16 prompts are the 16 pairs, small and large
     in turn, the five positions in turn; 160 prompts are all of them, each once.
     """
-    from .captions import ATTRIBUTES
-    from .metrics import shapes_prompt_grid
-
     grid = shapes_prompt_grid(heldout=False)
     cells = len(ATTRIBUTES["size"]) * len(ATTRIBUTES["position"])  # 10 (size, position) cells per pair
     pairs = len(grid) // cells  # 16
@@ -201,8 +220,6 @@ def sweep_prompts(num_prompts: int = 16) -> list[dict]:
 
 
 def _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed) -> str:
-    from .pipeline import MINI_SD_TOKENIZER
-
     digest = hashlib.sha256(json.dumps(["samplers-v1", samplers, steps, num_prompts, guidance_scale,
                                         seed]).encode())
     for name in SAMPLER_SWEEP_CHECKPOINTS:
@@ -234,16 +251,6 @@ def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10,
     :param progress: show a progress bar over the runs
     :param use_cache: read and write the cache
     """
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from .datasets import render_shape, shapes_tensors
-    from .metrics import (clip_image_features, feature_statistics, gaussian_frechet_distance,
-                          shapes_judge_report)
-    from .nn.text import clip_score, tokenize_prompts
-    from .pipeline import StableDiffusion
-    from .samplers import SAMPLER_NAMES
-
     samplers = [check_choice(s, SAMPLER_NAMES, "sampler") for s in samplers]
     steps = [check_int_range(n, "steps", 1, 1000) for n in steps]
     if not samplers or not steps:
@@ -251,12 +258,12 @@ def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10,
     guidance_scale = check_number(guidance_scale, "guidance_scale", minimum=0.0)
     wanted = sweep_prompts(num_prompts)
     key = _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed)
-    files = cache_dir() / f"{key}.safetensors", cache_dir() / f"{key}.json"
-    if use_cache and files[0].is_file() and files[1].is_file():
-        info = json.loads(files[1].read_text())
+    cached = _read_cache(key) if use_cache else None
+    if cached is not None:
+        tensors, info = cached
         reports = {s: {int(n): r for n, r in by_steps.items()} for s, by_steps in info["reports"].items()}
         return SamplerSweepResult(samplers, steps, wanted, guidance_scale, seed, reports, info["real"],
-                                  load_file(files[0])["images"], from_cache=True)
+                                  tensors["images"], from_cache=True)
 
     pipe = StableDiffusion.from_course("mini-sd")
     pipe.set_progress_bar_config(disable=True)
@@ -276,32 +283,27 @@ def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10,
     # real pictures of the same prompts: the best the scores can be with this many pictures
     real_images = torch.from_numpy(np.stack([render_shape(w["shape"], w["color"], w["size"], w["position"], rng=i)
                                              for i, w in enumerate(wanted)]))
-    real = scores(real_images.permute(0, 3, 1, 2).float() / 127.5 - 1)  # uint8 (N, H, W, 3) -> [-1, 1] (N, 3, H, W)
+    real = scores(from_uint8(real_images))  # uint8 (N, H, W, 3) -> [-1, 1] (N, 3, H, W)
     height, width = real_images.shape[1:3]  # the shapes world's size, 64 x 64
 
     reports = {s: {} for s in samplers}
     pictures = []
     runs = [(s, n) for s in samplers for n in steps]
     for sampler, n in tqdm(runs, disable=not progress, desc="sampler sweep"):
-        start = time.perf_counter()
-        images = pipe(prompts, height=height, width=width, num_inference_steps=n, guidance_scale=guidance_scale,
-                      sampler=sampler, generator=torch.Generator().manual_seed(seed),
-                      output_type="np")  # (N, H, W, 3) in [0, 1]
-        seconds = time.perf_counter() - start
+        with Timer() as timer:
+            images = pipe(prompts, height=height, width=width, num_inference_steps=n, guidance_scale=guidance_scale,
+                          sampler=sampler, generator=torch.Generator().manual_seed(seed),
+                          output_type="np")  # (N, H, W, 3) in [0, 1]
         images = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, H, W) in [0, 1]
-        reports[sampler][n] = {**scores(images * 2 - 1), "seconds_per_image": round(seconds / num_prompts, 5)}
+        reports[sampler][n] = {**scores(from_unit(images)), "seconds_per_image": round(timer.seconds / num_prompts, 5)}
+        # round(255 u), the pixels' convention (course_lib.pixels.to_uint8) applied to the pipeline's u in [0, 1]
         pictures.append((images * 255).round().to(torch.uint8))
     pictures = torch.stack(pictures).reshape(len(samplers), len(steps), num_prompts, 3, height, width)
     result = SamplerSweepResult(samplers, steps, wanted, guidance_scale, seed, reports, real, pictures)
     if use_cache:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        info = {"reports": {s: {str(n): r for n, r in by_steps.items()} for s, by_steps in reports.items()},
-                "real": real}
-        for path, write in ((files[0], lambda p: save_file({"images": pictures.contiguous()}, p)),
-                            (files[1], lambda p: p.write_text(json.dumps(info, indent=1)))):
-            temporary = path.with_name(path.name + ".tmp")
-            write(temporary)
-            os.replace(temporary, path)                       # atomic: never a half-written cache file
+        _write_cache(key, {"images": pictures.contiguous()},
+                     {"reports": {s: {str(n): r for n, r in by_steps.items()} for s, by_steps in reports.items()},
+                      "real": real})
     return result
 
 

@@ -1,4 +1,4 @@
-"""Numbers that say how good generated images are (lessons 04-06).
+"""Numbers that say how good generated images are (lessons 04-09).
 
 Lessons 04 and 05 ask "does classifier guidance give better digits, and what does it cost in
 diversity?". Looking at a grid is not an answer, so the course measures:
@@ -9,12 +9,18 @@ diversity?". Looking at a grid is not an answer, so the course measures:
     Fréchet distance    how far is the distribution of samples from the distribution of real
                         digits, in the judge's feature space?
     PSNR                how close is a reconstruction to its original (the autoencoder, lesson 06)?
-    forward cost        FLOPs, time and activation memory of one network call (why latents, lesson 06)
 
-The Fréchet distance here is computed in the feature space of the course's small digit judge. It
-is the same formula as FID, but FID means "in the feature space of one specific Inception-v3", so
-numbers from this module are NOT FID and cannot be compared with published FIDs; they compare
-samplers and guidance scales with each other on the same judge.
+and in the shapes world of lessons 06-09 (pictures made from a prompt):
+
+    shapes_judge_report     does the shapes judge read the shape, colour, size and position asked for?
+    clip_zero_shot_accuracy does the tiny CLIP pick the right caption for a real picture?
+    clip_frechet_distance   the Fréchet distance in the tiny CLIP's image features (lesson 09)
+
+The Fréchet distance here is computed in the feature space of the course's small digit judge (or
+of the tiny CLIP). It is the same formula as FID, but FID means "in the feature space of one
+specific Inception-v3", so numbers from this module are NOT FID and cannot be compared with
+published FIDs; they compare samplers and guidance scales with each other on the same features.
+What running a network costs (FLOPs, time, memory) is measured by ``course_lib.profiling``.
 
 Notation:
 
@@ -32,17 +38,19 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .checks import check_finite, check_floating, check_int_range, check_labels, check_number
+from .captions import ATTRIBUTES, HELDOUT_PAIRS, SHAPES, shape_caption
+from .checks import check_choice, check_finite, check_floating, check_int_range, check_labels, check_number
+from .datasets import shapes_attributes, shapes_tensors
+from .nn.classifier import split_attribute_logits
+from .nn.text import build_caption_tokenizer, clip_image_embeds, clip_text_embeds, tokenize_prompts
 
 __all__ = [
     "shapes_prompt_grid",
     "shapes_judge_report",
     "attribute_prompts",
     "clip_zero_shot_accuracy",
-    "count_flops",
-    "count_kernels",
-    "ForwardCost",
-    "forward_cost",
+    "clip_image_features",
+    "clip_frechet_distance",
     "judge_predictions",
     "judge_features",
     "judge_accuracy",
@@ -55,7 +63,6 @@ __all__ = [
     "judge_frechet_distance",
     "psnr",
     "sample_report",
-    "saved_activation_bytes",
 ]
 
 
@@ -400,9 +407,6 @@ def attribute_prompts(attribute: str) -> tuple[list[str], list[str]]:
 
     :return: (prompts, the value each prompt names)
     """
-    from .captions import ATTRIBUTES, SHAPES, shape_caption
-    from .checks import check_choice
-
     check_choice(attribute, list(ATTRIBUTES), "attribute")
     if attribute == "shape":
         return [shape_caption(s) for s in SHAPES], list(SHAPES)
@@ -419,179 +423,25 @@ def clip_zero_shot_accuracy(model, split: str = "test", num_images: int | None =
     """Zero-shot accuracy of a CLIPModel on each attribute of the shapes pictures of ``split``.
 
     For attribute a, each picture gets the value of the best-matching prompt among
-    ``attribute_prompts(a)`` (y = argmax_k v . t_k); the accuracy is the share of pictures whose
-    value is right.
+    ``attribute_prompts(a)`` (y = argmax_k v . t_k, as ``nn.text.zero_shot_predict``); the accuracy
+    is the share of pictures whose value is right.
 
     :return: {"shape": acc, "color": acc, "size": acc, "position": acc}, each in [0, 1]
     """
-    from .datasets import shapes_attributes, shapes_tensors
-    from .captions import ATTRIBUTES
-    from .nn.text import build_caption_tokenizer, clip_embeddings, tokenize_prompts
-
     tokenizer = tokenizer or build_caption_tokenizer()
     images, _ = shapes_tensors(split, num_images)
     truth = shapes_attributes(split, num_images)
+    image_embeds = clip_image_features(model, images)  # (N, P), the pictures encoded once
+    device = next(model.parameters()).device
     out = {}
     for attribute, values in ATTRIBUTES.items():
         prompts, prompt_values = attribute_prompts(attribute)
-        tokens = tokenize_prompts(tokenizer, prompts)
-        image_embeds = torch.cat([clip_embeddings(model, images[i:i + 250], **tokens)[0]
-                                  for i in range(0, len(images), 250)])
-        _, text_embeds = clip_embeddings(model, images[:1], **tokens)
+        tokens = {name: ids.to(device) for name, ids in tokenize_prompts(tokenizer, prompts).items()}
+        text_embeds = clip_text_embeds(model, **tokens).float().cpu()  # (K, P)
         best = (image_embeds @ text_embeds.T).argmax(dim=1)  # (N,) prompt index
         predicted = torch.tensor([values.index(prompt_values[k]) for k in best.tolist()])
         out[attribute] = round((predicted == truth[attribute]).float().mean().item(), 4)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The cost of one forward pass (lesson 06: why latents)
-# ---------------------------------------------------------------------------------------------
-
-
-class ForwardCost(NamedTuple):
-    """What one forward pass of a network costs (see :func:`forward_cost`)."""
-
-    flops: int  # floating-point operations of the matrix products and convolutions (a multiply-add is 2)
-    seconds: float | None  # wall time of one forward without gradients; None on the meta device
-    activation_bytes: int | None  # bytes of the tensors autograd keeps for backward; None on the meta device
-
-
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of softmax(Q K^T / sqrt(d)) V: two batched products, 2 * 2 * B * h * L_q * L_k * d."""
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def count_flops(fn, *args, **kwargs) -> int:
-    """Floating-point operations of ``fn(*args, **kwargs)``, counted by torch.utils.flop_counter.
-
-    FlopCounterMode counts the matrix products and convolutions (2 per multiply-add), which are
-    almost all of a network's arithmetic; normalisations, activations and additions are left out.
-    It reads only shapes, so tensors on the meta device (no memory, no values) work too. On the
-    CPU, ``F.scaled_dot_product_attention`` runs a fused kernel that FlopCounterMode does not know:
-    it is counted here with the same formula as the GPU kernels (on the meta device attention
-    decomposes into two ``bmm``, which count the same).
-
-    :param fn: any callable, e.g. a network or ``vae.decode``; run once, without gradients
-    :return: the number of FLOPs (int)
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas_not_in_torch())
-    with counter, torch.no_grad():
-        fn(*args, **kwargs)
-    return int(counter.get_total_flops())
-
-
-def count_kernels(fn, *args, **kwargs) -> dict[str, int]:
-    """The tensor operations that ``fn(*args, **kwargs)`` dispatches, as a GPU would launch them.
-
-    Each ATen operation that computes something (a convolution, a matrix product, an addition, a
-    GroupNorm, a copy) is one kernel launch on a GPU in eager mode, issued by the host one after
-    the other; views (``view``, ``transpose``, ``expand``, ...) only change a tensor's shape and
-    launch nothing, so they are left out. Works on the meta device (shapes only, no memory).
-
-    :param fn: any callable, e.g. a UNet; run once, without gradients
-    :return: operation name -> count, largest first (``sum(counts.values())`` is the launches)
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    metadata_only = {"_unsafe_view", "detach", "alias", "lift_fresh", "_reshape_alias", "unsqueeze_", "squeeze_"}
-    counts: dict[str, int] = {}
-
-    class Counter(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = func.overloadpacket.__name__
-            if not func.is_view and name not in metadata_only:
-                counts[name] = counts.get(name, 0) + 1
-            return func(*args, **(kwargs or {}))
-
-    with Counter(), torch.no_grad():
-        fn(*args, **kwargs)
-    return dict(sorted(counts.items(), key=lambda item: -item[1]))
-
-
-def _flop_formulas_not_in_torch() -> dict:
-    aten = torch.ops.aten
-    return {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-
-
-def saved_activation_bytes(model: nn.Module, *args, **kwargs) -> int:
-    """Bytes of the activations that autograd keeps from one forward pass, for the backward pass.
-
-    This is what training needs in memory besides the weights, their gradients and the optimizer's
-    state, and it grows with the batch and with the number of positions H x W. Measured with
-    ``torch.autograd.graph.saved_tensors_hooks`` while the model's parameters require gradients
-    (their state is restored afterwards); the parameters themselves are not counted, and a tensor
-    saved by several operations counts once.
-
-    :param model: the network; called as ``model(*args, **kwargs)``, with gradients
-    :return: bytes (int); 0 when nothing needs a gradient
-    """
-    return _forward_with_gradients(model, args, kwargs)
-
-
-def _forward_with_gradients(model: nn.Module, args: tuple, kwargs: dict, counter=None) -> int:
-    """One forward pass with gradients: the bytes autograd saves (and the FLOPs, into ``counter``)."""
-    import contextlib
-
-    weights = {t.untyped_storage()._cdata for t in list(model.parameters()) + list(model.buffers())}
-    saved: dict[int, int] = {}  # storage address -> bytes
-    alive = []  # hold the saved tensors until counted, so that no storage address is reused meanwhile
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage._cdata not in weights:
-            saved[storage._cdata] = storage.nbytes()
-            alive.append(tensor)
-        return tensor
-
-    flags = [p.requires_grad for p in model.parameters()]
-    try:
-        for p in model.parameters():
-            p.requires_grad_(p.is_floating_point())
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
-                (counter if counter is not None else contextlib.nullcontext()):
-            output = model(*args, **kwargs)
-        del output  # frees the graph and what it saved
-    finally:
-        for p, flag in zip(model.parameters(), flags):
-            p.requires_grad_(flag)
-    alive.clear()
-    return int(sum(saved.values()))
-
-
-def forward_cost(model: nn.Module, *args, repeats: int = 1, **kwargs) -> ForwardCost:
-    """FLOPs, time and training activation memory of one forward pass ``model(*args, **kwargs)``.
-
-    A first pass with gradients counts the FLOPs (:func:`count_flops`) and the saved activations
-    (:func:`saved_activation_bytes`) and warms up; then ``repeats`` passes without gradients are
-    timed and the fastest is reported. On the meta device (a network built under
-    ``torch.device("meta")``, no weights in memory) only the FLOPs are counted.
-
-    :param model: the network (an ``nn.Module``)
-    :param repeats: timed forward passes
-    :return: a :class:`ForwardCost` (flops, seconds, activation_bytes)
-    """
-    import time
-
-    from torch.utils.flop_counter import FlopCounterMode
-
-    check_int_range(repeats, "repeats", 1)
-    parameter = next(model.parameters(), None)
-    if parameter is not None and parameter.device.type == "meta":
-        return ForwardCost(count_flops(model, *args, **kwargs), None, None)
-    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas_not_in_torch())
-    activation_bytes = _forward_with_gradients(model, args, kwargs, counter)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(*args, **kwargs)
-            times.append(time.perf_counter() - start)
-    return ForwardCost(int(counter.get_total_flops()), min(times), activation_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,8 +458,6 @@ def shapes_prompt_grid(heldout: bool = False) -> list[dict]:
     :return: [{"prompt": "a small red circle in the top left", "shape": "circle", "color": "red",
         "size": "small", "position": "top left"}, ...]
     """
-    from .captions import ATTRIBUTES, HELDOUT_PAIRS, shape_caption
-
     grid = []
     for shape in ATTRIBUTES["shape"]:
         for color in ATTRIBUTES["color"]:
@@ -635,9 +483,6 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
     :return: {"shape": share right, "color": ..., "size": ..., "position": ...,
         "all": share with every asked attribute right, "color_and_shape": share with both right}
     """
-    from .captions import ATTRIBUTES
-    from .nn.classifier import split_attribute_logits
-
     images = _check_images(images).clamp(-1, 1)
     if isinstance(wanted, dict):  # ids per attribute -> one dict of values per picture
         wanted = [{name: values[int(check_labels(wanted[name], len(values), images.shape[0],
@@ -660,11 +505,6 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
 
 
 # ---------------------------------------------------------------------------------------------
-# The shapes world: the judge's four heads (lessons 06-07)
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
 # The shapes world: Fréchet distance in the tiny CLIP's image features (lesson 09)
 # ---------------------------------------------------------------------------------------------
 
@@ -678,8 +518,6 @@ def clip_image_features(model, images: torch.Tensor, batch_size: int = 250) -> t
     :param batch_size: images per forward pass
     :return: (N, P) float32 on the CPU, each row of length 1
     """
-    from torch.nn import functional as F
-
     check_int_range(batch_size, "batch_size", 1)
     images = _check_images(images)
     parameter = next(model.parameters())
@@ -689,9 +527,7 @@ def clip_image_features(model, images: torch.Tensor, batch_size: int = 250) -> t
         features = []
         for start in range(0, images.shape[0], batch_size):
             pixels = images[start:start + batch_size].clamp(-1, 1).to(parameter.device, parameter.dtype)
-            # v = W_v pool(vision(x)) / ||W_v pool(vision(x))||
-            embeds = model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)
-            features.append(F.normalize(embeds.float(), dim=-1).cpu())
+            features.append(clip_image_embeds(model, pixels).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(features)
@@ -720,4 +556,3 @@ def clip_frechet_distance(model, images: torch.Tensor, reference_images: torch.T
     return gaussian_frechet_distance(*feature_statistics(clip_image_features(model, images)), *reference_statistics)
 
 
-__all__ += ["clip_image_features", "clip_frechet_distance"]

@@ -18,9 +18,9 @@ from course_lib.nn.unet import (
     ResnetBlock2D,
     UNet2DConditionModel,
     UNetConfig,
-    count_parameters,
     timestep_embedding,
 )
+from course_lib.profiling import count_parameters
 
 # Tiny configurations, given as diffusers UNet2DConditionModel keyword arguments.
 CONFIGS = {
@@ -290,14 +290,6 @@ def test_config_dict_round_trip():
     assert UNetConfig.from_dict(SD15_CONFIG).cross_attention_dim == 768
     assert UNetConfig(block_out_channels=[32, 64], down_block_types=["DownBlock2D"] * 2,
                       up_block_types=["UpBlock2D"] * 2, mid_block_type=None).block_out_channels == (32, 64)
-
-
-def test_count_parameters():
-    unet = small_unet()
-    assert count_parameters(unet) == sum(p.numel() for p in unet.parameters())
-    unet.conv_in.requires_grad_(False)
-    frozen = unet.conv_in.weight.numel() + unet.conv_in.bias.numel()
-    assert count_parameters(unet, trainable_only=True) == count_parameters(unet) - frozen
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from course_lib.nn.attention import Attention
-from course_lib.nn.unet import count_parameters
+from course_lib.profiling import count_parameters
 from course_lib.nn.vae import AutoencoderKL, DiagonalGaussianDistribution, SpatialSelfAttention, VAEConfig
 
 # Tiny configurations as diffusers AutoencoderKL keyword arguments, with an input size (H, W).
@@ -263,7 +263,9 @@ def test_config_round_trip_and_frozen():
         (dict(latent_channels=2.5), r"latent_channels must be a positive integer, got 2.5"),
         (dict(act_fn="tanh"), r"Unknown act_fn 'tanh'.*'silu'"),
         (dict(scaling_factor=0), r"scaling_factor must be a positive number, got 0"),
-        (dict(block_out_channels=[]), r"block_out_channels must be a non-empty tuple"),
+        (dict(block_out_channels=[]), r"block_out_channels must be a positive integer or a non-empty tuple"),
+        (dict(block_out_channels=[32768] * 4), r"block_out_channels=\(32768, .*above the cap of 16384 \(MAX_WIDTH"),
+        (dict(layers_per_block=17), r"layers_per_block=17 is above the cap of 16 \(MAX_LAYERS"),
     ],
 )
 def test_bad_config_errors(overrides, match):

@@ -6,11 +6,12 @@
     attention.py  Attention, FeedForward (GEGLU), BasicTransformerBlock, Transformer2DModel
     classifier.py NoisyClassifier p(y | x_t, t) for classifier guidance; JudgeClassifier for evaluation
     vae.py        AutoencoderKL + VAEConfig: SD's KL autoencoder (encoder E, decoder D, diagonal Gaussian)
+    text.py       the caption tokenizer and the tiny CLIP (transformers' CLIPModel): the text encoder
 
 Module names follow diffusers, so diffusers' and Stable Diffusion's weights load by key.
 """
 
-from course_lib.nn.unet import UNet2DConditionModel, UNetConfig, count_parameters
-from course_lib.nn.vae import AutoencoderKL, VAEConfig
+from .unet import UNet2DConditionModel, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
 
-__all__ = ["UNet2DConditionModel", "UNetConfig", "AutoencoderKL", "VAEConfig", "count_parameters"]
+__all__ = ["UNet2DConditionModel", "UNetConfig", "AutoencoderKL", "VAEConfig"]

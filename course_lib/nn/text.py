@@ -57,6 +57,8 @@ __all__ = [
     "tiny_clip_config",
     "build_tiny_clip",
     "encode_text",
+    "clip_image_embeds",
+    "clip_text_embeds",
     "clip_embeddings",
     "contrastive_loss",
     "clip_loss",
@@ -362,11 +364,34 @@ def encode_text(text_model, input_ids, attention_mask=None) -> torch.Tensor:
     return _text_model(text_model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
-def clip_embeddings(model, pixel_values, input_ids, attention_mask=None):
-    """Unit-length image and text embeddings v_i, t_j in the shared space.
+def clip_image_embeds(model, pixel_values) -> torch.Tensor:
+    """Unit-length image embeddings v_i = W_v pool(vision(x_i)) / ||W_v pool(vision(x_i))|| (pool: the class token).
 
-        v_i = W_v pool(vision(x_i)) / ||W_v pool(vision(x_i))||   (pool: the class token)
-        t_j = W_t pool(text(ids_j)) / ||W_t pool(text(ids_j))||    (pool: the end token)
+    :param model: a ``CLIPModel``
+    :param pixel_values: images x in [-1, 1], (B, 3, H, W), on the model's device and dtype
+    :return: image_embeds (B, P)
+    """
+    _check_pixels(pixel_values, model)
+    image_embeds = model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
+    return F.normalize(image_embeds, dim=-1)
+
+
+def clip_text_embeds(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """Unit-length text embeddings t_j = W_t pool(text(ids_j)) / ||W_t pool(text(ids_j))|| (pool: the end token).
+
+    :param model: a ``CLIPModel``
+    :param input_ids: token ids (B, L)
+    :param attention_mask: (B, L)
+    :return: text_embeds (B, P)
+    """
+    _check_tokens(input_ids, attention_mask)
+    text_pooled = model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    return F.normalize(model.text_projection(text_pooled), dim=-1)
+
+
+def clip_embeddings(model, pixel_values, input_ids, attention_mask=None):
+    """Unit-length image and text embeddings v_i, t_j in the shared space (:func:`clip_image_embeds`,
+    :func:`clip_text_embeds`).
 
     :param model: a ``CLIPModel``
     :param pixel_values: images x in [-1, 1], (B_img, 3, H, W)
@@ -376,10 +401,7 @@ def clip_embeddings(model, pixel_values, input_ids, attention_mask=None):
     """
     _check_pixels(pixel_values, model)
     _check_tokens(input_ids, attention_mask)
-    image_embeds = model.visual_projection(model.vision_model(pixel_values=pixel_values).pooler_output)
-    text_pooled = model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    text_embeds = model.text_projection(text_pooled)
-    return F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
+    return clip_image_embeds(model, pixel_values), clip_text_embeds(model, input_ids, attention_mask)
 
 
 def clip_loss(model, pixel_values, input_ids, attention_mask=None) -> torch.Tensor:

@@ -32,16 +32,17 @@ a few explicit arguments so other networks (the noise-aware classifier of lesson
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.checks import check_choice, check_config_keys, check_finite, check_floating
-from course_lib.nn.attention import Transformer2DModel
+from ..checks import check_choice, check_finite, check_floating
+from .attention import Transformer2DModel
+from .config import NetworkConfig
 
 __all__ = [
     "timestep_embedding",
@@ -55,7 +56,6 @@ __all__ = [
     "MidBlock2D",
     "UNetConfig",
     "UNet2DConditionModel",
-    "count_parameters",
 ]
 
 ACTIVATIONS = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish, "gelu": nn.GELU, "relu": nn.ReLU}
@@ -423,7 +423,7 @@ _IGNORED_KEYS = ("addition_time_embed_dim", "projection_class_embeddings_input_d
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(NetworkConfig):
     """Hyperparameters of :class:`UNet2DConditionModel`; names and defaults are diffusers'.
 
     The defaults are diffusers' defaults (SD v1.x's layout with cross_attention_dim 1280; SD v1.x
@@ -457,13 +457,18 @@ class UNetConfig:
     num_class_embeds: int | None = None  # class embedding rows (digits: 10 classes + 1 null class)
     upcast_attention: bool = False  # attention in float32 under float16/bfloat16
 
-    def __post_init__(self):
-        for name in ("down_block_types", "up_block_types", "block_out_channels", "layers_per_block",
-                     "transformer_layers_per_block", "attention_head_dim", "num_attention_heads", "sample_size"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        self._validate()
+    config_name: ClassVar[str] = "UNet"
+    size_keys: ClassVar[dict[str, str]] = {
+        "in_channels": "width", "out_channels": "width", "block_out_channels": "width", "norm_num_groups": "width",
+        "cross_attention_dim": "width", "attention_head_dim": "width", "num_attention_heads": "width",
+        "layers_per_block": "layers", "transformer_layers_per_block": "layers", "num_class_embeds": "classes",
+    }
+    size_hints: ClassVar[dict[str, str]] = {
+        "num_class_embeds": "For classifier-free guidance use the number of classes + 1 (the last is the null "
+                            "class); None for no class embedding.",
+    }
+    main_size_keys: ClassVar[tuple[str, ...]] = ("block_out_channels", "layers_per_block",
+                                                 "transformer_layers_per_block", "cross_attention_dim")
 
     # -- derived quantities ------------------------------------------------------------------
 
@@ -500,13 +505,9 @@ class UNetConfig:
     # -- dict round trip -----------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, config: dict) -> "UNetConfig":
-        """Build from a dict such as diffusers' unet/config.json or ``unet.config``.
-
-        Bookkeeping keys (``_class_name``, ``_diffusers_version``, ...) are ignored; diffusers
-        options this UNet does not implement raise a ValueError unless they hold their neutral value.
-        """
-        config = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    def _translate(cls, config: dict) -> dict:
+        """diffusers' UNet options this UNet does not implement: refused unless neutral, then dropped."""
+        config = dict(config)
         for key, allowed in _FIXED_KEYS.items():
             if key not in config:
                 continue
@@ -520,33 +521,18 @@ class UNetConfig:
                 )
         for key in _IGNORED_KEYS:
             config.pop(key, None)
-        check_config_keys(config, [f.name for f in dataclasses.fields(cls)], "UNet")
-        return cls(**config)
+        return config
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (tuples as lists); ``UNetConfig.from_dict(c.to_dict()) == c``."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    def build(self) -> "UNet2DConditionModel":
+        return UNet2DConditionModel(self)
 
     def _validate(self):
         n = self.num_levels
-        for name in ("in_channels", "out_channels", "norm_num_groups", "cross_attention_dim", "num_class_embeds"):
-            value = getattr(self, name)
-            if not _is_positive_int(value) and not (name == "num_class_embeds" and value is None):
-                raise ValueError(
-                    f"UNet config {name} must be a positive integer, got {value!r}."
-                    + (" For classifier-free guidance use the number of classes + 1 (the last is the null "
-                       "class); None for no class embedding." if name == "num_class_embeds" else "")
-                )
-        if n < 1 or not all(_is_positive_int(c) for c in self.block_out_channels):
-            raise ValueError(
-                f"UNet config block_out_channels must be a non-empty tuple of positive integers, "
-                f"got {self.block_out_channels!r}."
-            )
         for name in ("layers_per_block", "transformer_layers_per_block", "attention_head_dim", "num_attention_heads"):
             values = self.per_block(name)
             if name == "num_attention_heads" and self.num_attention_heads is None:
                 continue
-            if len(values) != n or not all(_is_positive_int(v) for v in values):
+            if len(values) != n:
                 raise ValueError(
                     f"UNet config {name} must be a positive integer or a tuple of {n} of them (one per down "
                     f"block), got {getattr(self, name)!r}."
@@ -586,10 +572,6 @@ class UNetConfig:
                     f"{heads[i]} attention heads (attention_head_dim / num_attention_heads). Use a number "
                     f"of heads that divides the channel count."
                 )
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -821,8 +803,3 @@ class UNet2DConditionModel(nn.Module):
             )
         # non_blocking: a copy from the host that does not make the host wait for the GPU's queue
         return value.to(device, non_blocking=True).expand(batch_size)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters of ``model`` (only those with requires_grad when ``trainable_only``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

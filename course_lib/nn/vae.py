@@ -33,17 +33,18 @@ padding 0, Upsample2D; the attention is course_lib.nn.attention.Attention with o
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from course_lib.checks import check_choice, check_config_keys, check_finite, check_floating
-from course_lib.nn.attention import Attention
-from course_lib.nn.unet import ACTIVATIONS, Downsample2D, ResnetBlock2D, Upsample2D
-from course_lib.samplers import randn_tensor
+from ..checks import check_choice, check_finite, check_floating
+from ..samplers import randn_tensor
+from .attention import Attention
+from .config import NetworkConfig
+from .unet import ACTIVATIONS, Downsample2D, ResnetBlock2D, Upsample2D
 
 __all__ = [
     "DiagonalGaussianDistribution",
@@ -312,7 +313,7 @@ _FIXED_KEYS = {"shift_factor": None, "latents_mean": None, "latents_std": None}
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(NetworkConfig):
     """Hyperparameters of :class:`AutoencoderKL`; names and defaults are diffusers'.
 
     diffusers' defaults describe a one-level toy; SD v1.x's VAE is
@@ -336,12 +337,12 @@ class VAEConfig:
     use_quant_conv: bool = True  # 1x1 conv after the encoder
     use_post_quant_conv: bool = True  # 1x1 conv before the decoder
 
-    def __post_init__(self):
-        for name in ("down_block_types", "up_block_types", "block_out_channels", "sample_size"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        self._validate()
+    config_name: ClassVar[str] = "VAE"
+    size_keys: ClassVar[dict[str, str]] = {
+        "in_channels": "width", "out_channels": "width", "block_out_channels": "width", "latent_channels": "width",
+        "norm_num_groups": "width", "layers_per_block": "layers",
+    }
+    main_size_keys: ClassVar[tuple[str, ...]] = ("block_out_channels", "layers_per_block")
 
     @property
     def num_downsamples(self) -> int:
@@ -354,13 +355,9 @@ class VAEConfig:
         return 2 ** self.num_downsamples
 
     @classmethod
-    def from_dict(cls, config: dict) -> "VAEConfig":
-        """Build from a dict such as diffusers' vae/config.json or ``vae.config``.
-
-        Bookkeeping keys (``_class_name``, ``_diffusers_version``, ...) are ignored; shift_factor,
-        latents_mean and latents_std (options of later VAEs such as SD 3's) are accepted only as None.
-        """
-        config = {k: v for k, v in dict(config).items() if not str(k).startswith("_")}
+    def _translate(cls, config: dict) -> dict:
+        """shift_factor, latents_mean and latents_std (options of later VAEs such as SD 3's): only None."""
+        config = dict(config)
         for key, neutral in _FIXED_KEYS.items():
             value = config.pop(key, neutral)
             if value is not neutral:
@@ -369,24 +366,13 @@ class VAEConfig:
                     f"implements only {key}={neutral!r}, as in Stable Diffusion v1.x/v2.x VAEs). Use such a "
                     f"config, or set {key} to {neutral!r}."
                 )
-        check_config_keys(config, [f.name for f in dataclasses.fields(cls)], "VAE")
-        return cls(**config)
+        return config
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (tuples as lists); ``VAEConfig.from_dict(c.to_dict()) == c``."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    def build(self) -> "AutoencoderKL":
+        return AutoencoderKL(self)
 
     def _validate(self):
-        for name in ("in_channels", "out_channels", "layers_per_block", "latent_channels", "norm_num_groups"):
-            value = getattr(self, name)
-            if not _is_positive_int(value):
-                raise ValueError(f"VAE config {name} must be a positive integer, got {value!r}.")
         n = len(self.block_out_channels)
-        if n < 1 or not all(_is_positive_int(c) for c in self.block_out_channels):
-            raise ValueError(
-                f"VAE config block_out_channels must be a non-empty tuple of positive integers, "
-                f"got {self.block_out_channels!r}."
-            )
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError(
                 f"VAE config needs one down and one up block type per entry of block_out_channels ({n}), "
@@ -408,10 +394,6 @@ class VAEConfig:
         s = self.scaling_factor
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or s <= 0:
             raise ValueError(f"VAE config scaling_factor must be a positive number, got {s!r}.")
-
-
-def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of course_lib.metrics' forward-cost helpers (lesson 06): FLOPs, activation memory, time.
+"""Tests of course_lib.profiling (lessons 06 and 10): parameters, FLOPs, kernels, activation memory, time.
 
 FLOPs are checked against the textbook counts of a linear layer, a convolution and attention, and
 the CPU count (where attention runs a fused kernel) against the meta-device count (where it
@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.metrics import ForwardCost, count_flops, forward_cost, saved_activation_bytes
 from course_lib.nn import UNet2DConditionModel, UNetConfig
+from course_lib.profiling import (ForwardCost, Timer, count_flops, count_kernels, count_parameters, forward_cost,
+                                  saved_activation_bytes, time_call)
 
 TINY_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -96,7 +97,6 @@ def test_repeats_must_be_positive():
 
 
 def test_count_kernels_counts_what_computes_and_skips_views():
-    from course_lib.metrics import count_kernels
 
     linear, conv = torch.nn.Linear(3, 4), torch.nn.Conv2d(3, 8, 3)
     assert count_kernels(linear, torch.zeros(2, 3)) == {"addmm": 1}
@@ -107,3 +107,29 @@ def test_count_kernels_counts_what_computes_and_skips_views():
     with torch.device("meta"):
         big = torch.nn.Linear(4096, 4096)
     assert count_kernels(big, torch.zeros(8, 4096, device="meta")) == {"addmm": 1}
+
+
+def test_count_parameters():
+    unet = tiny_unet()
+    assert count_parameters(unet) == sum(p.numel() for p in unet.parameters())
+    unet.conv_in.requires_grad_(False)
+    frozen = unet.conv_in.weight.numel() + unet.conv_in.bias.numel()
+    assert count_parameters(unet, trainable_only=True) == count_parameters(unet) - frozen
+    assert count_parameters(nn.Linear(3, 4)) == 3 * 4 + 4
+
+
+def test_timer_and_time_call_measure_wall_time(monkeypatch):
+    """Read from a fake clock: the Timer's seconds are end - start; time_call keeps the fastest call."""
+    ticks = iter([10.0, 10.5, 20.0, 20.2, 30.0, 30.3])
+    monkeypatch.setattr("course_lib.profiling.time.perf_counter", lambda: next(ticks))
+    with Timer() as timer:
+        pass
+    assert timer.seconds == pytest.approx(0.5)
+    calls = []
+    assert time_call(calls.append, "x", repeats=2, warmup=1) == pytest.approx(0.2)
+    assert calls == ["x"] * 3  # one warm-up, two timed
+
+
+def test_time_call_refuses_zero_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        time_call(lambda: None, repeats=0)
