@@ -4,14 +4,20 @@
 diffusers' ``StableDiffusionPipeline.__call__`` in the same order, one readable method per step:
 
     prompt "a red circle"
-      1. encode_prompt     tokenizer -> text_encoder: c = tau(prompt), (B, L, D); for guidance also
-                           the unconditional branch tau(negative prompt or "")
+      1. check_inputs      refuse bad arguments, and requests over the memory caps (course_lib.limits)
       2. make_sampler      a course_lib sampler on the model's noise schedule; set_timesteps(n)
       3. prepare_latents   z_T ~ N(0, I) of shape (B, 4, H/f, W/f), scaled by init_noise_sigma
-      4. denoise_step      (n times) the batch of two [z_t, z_t] through the UNet with [c_uncond, c],
+      then run_loop, the part that image-to-image shares:
+      4. text_states       tokenizer -> text encoder: c = tau(prompt), (B, L, D); for guidance the batch of
+                           two [c_uncond, c], c_uncond = tau(negative prompt or "")
+      5. denoise_step      (n times) the batch of two [z_t, z_t] through the UNet with [c_uncond, c],
                            classifier-free guidance, one sampler step z_t -> z_{t-1}
-      5. decode_latents    x = D(z_0 / s), the VAE decoder, s = vae.config.scaling_factor
-      6. to_images         [-1, 1] -> PIL images or a float array in [0, 1]
+      6. decode_latents    x = D(z_0 / s), the VAE decoder, s = vae.config.scaling_factor
+      7. to_images         [-1, 1] -> PIL images or a float array in [0, 1]
+
+``img2img`` (SDEdit) differs only in where the loop starts: at z_t = the encoded picture, noised to
+a timestep chosen by ``strength``; ``run_loop`` takes any start, any run of timesteps and any step
+function, so a DDIM inversion (the same loop, timesteps ascending) runs on it too.
 
 Notation (code name -> symbol):
 
@@ -26,11 +32,12 @@ code name                  symbol
 ``scaling_factor``         $s$: the UNet sees $s z$ with $z \\sim q(z | x)$ (SD v1.x: 0.18215)
 =========================  ===========================================================================
 
-Three ways to build one::
+Four ways to build one (their parts come from ``course_lib.sd_loading``)::
 
     pipe = StableDiffusion.from_course("mini-sd")          # the course's mini SD in data/checkpoints
     pipe = StableDiffusion.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")  # SD v1.x
     pipe = StableDiffusion.from_diffusers(diffusers_pipe)  # the weights of a diffusers pipeline
+    pipe = StableDiffusion.with_random_weights("sd15")     # SD v1.5's architecture, random: to time it
     images = pipe("a red circle", num_inference_steps=30, guidance_scale=7.5)
 
 The text encoder is transformers' ``CLIPTextModel`` itself; the UNet and the VAE are course_lib's
@@ -40,116 +47,45 @@ latents and sampler the images equal diffusers' (tests/test_pipeline.py). diffus
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from .checks import check_choice, check_int_range, check_number, check_shape
+from .checkpoints import checkpoint_dir
 from .guidance import cfg
+from .limits import SamplingEstimate, check_sampling_request
 from .nn.attention import fuse_projections as fuse_attention_projections
-from .nn.text import build_caption_tokenizer, encode_text, load_caption_tokenizer, tokenize_prompts
-from .nn.unet import UNet2DConditionModel, UNetConfig
-from .nn.vae import AutoencoderKL, VAEConfig
-from .pretrained import SHAPES_TOKENIZER, checkpoint_dir, load_course_model
-from .samplers import SAMPLER_NAMES, TIMESTEP_SPACINGS, Sampler, make_sampler, randn_tensor
-from .schedules import NoiseSchedule, make_schedule
+from .nn.text import encode_text, tokenize_prompts
+from .nn.unet import UNet2DConditionModel
+from .nn.vae import AutoencoderKL
+from .pixels import from_uint8, to_uint8, to_unit
+from .samplers import SAMPLER_NAMES, Sampler, make_sampler, randn_tensor
+from .schedules import NoiseSchedule
+from .sd_loading import (
+    ARCHITECTURES,
+    MINI_SD_CHECKPOINTS,
+    MINI_SD_TOKENIZER,
+    SD15_ARCHITECTURE,
+    SD_REPO_ID,
+    SD_SCHEDULER_CONFIG,
+    TINY_ARCHITECTURE,
+    from_diffusers_pipe,
+    load_mini_sd,
+    load_sd_folder,
+    random_parts,
+    scheduler_settings,
+)
 
-__all__ = ["StableDiffusion", "SD15_ARCHITECTURE", "TINY_ARCHITECTURE", "SD_REPO_ID", "MINI_SD_CHECKPOINTS", "DEFAULT_TIMESTEP_SPACING", "OUTPUT_TYPES"]
+# the constants from SD15_ARCHITECTURE on live in sd_loading; they are named here too, where learners import them
+__all__ = ["StableDiffusion", "OUTPUT_TYPES", "SD15_ARCHITECTURE", "TINY_ARCHITECTURE", "SD_REPO_ID",
+           "SD_SCHEDULER_CONFIG", "MINI_SD_CHECKPOINTS", "MINI_SD_TOKENIZER"]
 
-SD_REPO_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 OUTPUT_TYPES = ("pil", "np", "latent")
-
-# The mini Stable Diffusion of lessons 06-07: part -> checkpoint name, in the order they are trained
-# (the latent UNet is trained on the VAE's latents and the CLIP's text states).
-MINI_SD_CHECKPOINTS = {"vae": "shapes-vae", "text_encoder": "shapes-clip", "unet": "shapes-ldm"}
-MINI_SD_TOKENIZER = SHAPES_TOKENIZER  # a folder, written by the shapes-clip recipe; without it the deterministic build_caption_tokenizer()
-
-# The timestep spacing each diffusers scheduler uses when its config does not set one: SD v1.x's
-# scheduler config sets none, so DDIMScheduler.from_config(it) lays "leading" timesteps and
-# EulerDiscreteScheduler.from_config(it) "linspace" ones. The pipeline does the same.
-DEFAULT_TIMESTEP_SPACING = {"ddpm": "leading", "ddim": "leading", "euler": "linspace", "dpmsolver": "linspace"}
-
-# diffusers' beta_schedule names -> course_lib.schedules kinds
-BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
-
-# Scheduler config keys whose other values course_lib's samplers do not implement -> the values they do.
-SUPPORTED_SCHEDULER_SETTINGS = {
-    "prediction_type": ("epsilon",),  # SD 2.x at 768 px predicts v: not supported
-    "beta_schedule": tuple(BETA_SCHEDULES),
-    "trained_betas": (None,),
-    "timestep_spacing": TIMESTEP_SPACINGS,
-    "variance_type": ("fixed_small", "fixed_large"),
-    "clip_sample": (False,),
-    "thresholding": (False,),
-    "rescale_betas_zero_snr": (False,),
-    "use_karras_sigmas": (False,),
-    "use_exponential_sigmas": (False,),
-    "use_beta_sigmas": (False,),
-    "interpolation_type": ("linear",),
-    "timestep_type": ("discrete",),
-    "sigma_min": (None,),
-    "sigma_max": (None,),
-    "algorithm_type": ("dpmsolver++",),
-    "solver_order": (2,),
-    "solver_type": ("midpoint",),
-    "lower_order_final": (True,),
-    "final_sigmas_type": ("zero",),
-    "euler_at_final": (False,),
-}
-
-# Stable Diffusion v1.x's scheduler settings (its scheduler_config.json), used for the mini SD too.
-SD_SCHEDULER_CONFIG = {
-    "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000,
-    "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False,
-}
-
-# The files from_pretrained reads from a folder in diffusers' layout (weights: safetensors only).
-SD_FILES = {
-    "model_index": "model_index.json",
-    "scheduler": "scheduler/scheduler_config.json",
-    "tokenizer": "tokenizer",
-    "text_encoder config": "text_encoder/config.json",
-    "text_encoder weights": "text_encoder/model.safetensors",
-    "unet config": "unet/config.json",
-    "unet weights": "unet/diffusion_pytorch_model.safetensors",
-    "vae config": "vae/config.json",
-    "vae weights": "vae/diffusion_pytorch_model.safetensors",
-}
-# what snapshot_download fetches from the hub: these files only (SD v1.5 in float32: about 5.2 GB)
-SD_ALLOW_PATTERNS = ["model_index.json", "scheduler/scheduler_config.json", "tokenizer/*",
-                     "text_encoder/config.json", "text_encoder/model.safetensors",
-                     "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                     "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
-
-
-# Stable Diffusion v1.5's architecture, as its published config.json files give it: what
-# StableDiffusion.with_random_weights("sd15") builds (benchmarks/sd15_gpu.py, lesson 10)
-SD15_ARCHITECTURE = {
-    "unet": UNetConfig(cross_attention_dim=768, sample_size=64),  # 859,520,964 parameters
-    "vae": VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512,
-                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
-    # transformers' CLIPTextConfig of openai/clip-vit-large-patch14's text tower
-    "text_encoder": {"vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                     "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                     "projection_dim": 768},
-}
-# the same block layout at a width a CPU runs in seconds (tests, and the benchmark's --size tiny)
-TINY_ARCHITECTURE = {
-    "unet": UNetConfig(cross_attention_dim=32, sample_size=8, block_out_channels=(32, 32, 64, 64),
-                       norm_num_groups=16),
-    "vae": VAEConfig(block_out_channels=(16, 16, 32, 32), layers_per_block=1, sample_size=64, norm_num_groups=8,
-                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
-    "text_encoder": {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                     "projection_dim": 32},
-}
-ARCHITECTURES = {"sd15": SD15_ARCHITECTURE, "tiny": TINY_ARCHITECTURE}
 
 
 class StableDiffusion:
@@ -163,8 +99,9 @@ class StableDiffusion:
     :param schedule: the noise schedule the UNet was trained with
     :param scheduler_config: the settings of the sampling schedulers, as in diffusers'
         scheduler_config.json (default: SD v1.x's). Read: ``timestep_spacing`` (absent: each
-        sampler's diffusers default, :data:`DEFAULT_TIMESTEP_SPACING`), ``steps_offset``,
-        ``set_alpha_to_one`` (DDIM), ``variance_type`` (DDPM); ``prediction_type`` must be "epsilon".
+        sampler's own default, which is that of diffusers' scheduler of the same name),
+        ``steps_offset``, ``set_alpha_to_one`` (DDIM), ``variance_type`` (DDPM);
+        ``prediction_type`` must be "epsilon".
 
     Attributes: the components above, ``scheduler_config`` (the settings it was given),
     ``timestep_spacing`` (None: per sampler), ``steps_offset``, ``set_alpha_to_one``,
@@ -206,7 +143,7 @@ class StableDiffusion:
         self.vae = vae.eval()
         self.unet = unet.eval()
         self.schedule = schedule
-        settings = _scheduler_settings(SD_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
+        settings = scheduler_settings(SD_SCHEDULER_CONFIG if scheduler_config is None else scheduler_config)
         self.scheduler_config = settings
         self.timestep_spacing = settings.get("timestep_spacing")  # None: each sampler's own default
         # the defaults of diffusers' schedulers for keys a config leaves out
@@ -240,83 +177,27 @@ class StableDiffusion:
         :param dtype: their dtype (default: float32)
         """
         check_choice(name, ("mini-sd",), "course pipeline")
-        folder = Path(directory) if directory is not None else checkpoint_dir()
-        missing = [f"{checkpoint}{suffix}" for checkpoint in MINI_SD_CHECKPOINTS.values()
-                   for suffix in (".safetensors", ".json") if not (folder / f"{checkpoint}{suffix}").is_file()]
-        if missing:
-            commands = [f"python -m course_lib train {checkpoint}" for checkpoint in MINI_SD_CHECKPOINTS.values()
-                        if any(file.startswith(checkpoint + ".") for file in missing)]
-            raise ValueError(
-                f"The mini Stable Diffusion needs checkpoints that are not in {folder}: missing "
-                f"{', '.join(missing)}. Make them, in this order: {'; '.join(commands)} "
-                f"(or point $COURSE_CHECKPOINT_DIR at a folder that has them)."
-            )
-        from transformers import CLIPTextModel
-
-        tokenizer_folder = folder / MINI_SD_TOKENIZER
-        if (tokenizer_folder / "tokenizer.json").is_file():
-            tokenizer = load_caption_tokenizer(tokenizer_folder)
-        else:
-            tokenizer = build_caption_tokenizer()
-
-        vae, _ = load_course_model(MINI_SD_CHECKPOINTS["vae"], directory=folder)
-        clip, _ = load_course_model(MINI_SD_CHECKPOINTS["text_encoder"], directory=folder)
-        unet, unet_json = load_course_model(MINI_SD_CHECKPOINTS["unet"], directory=folder)
-        # the text encoder: a CLIPTextModel with the weights of the CLIPModel's text tower (its keys text_model.*)
-        text_encoder = CLIPTextModel(clip.config.text_config)
-        text_weights = clip.text_model.state_dict()  # embeddings.*, encoder.*, final_layer_norm.*
-        if all(key.startswith("text_model.") for key in text_encoder.state_dict()):  # transformers 4.x's names
-            text_weights = {f"text_model.{key}": value for key, value in text_weights.items()}
-        text_encoder.load_state_dict(text_weights, strict=True)
-        if len(tokenizer) != text_encoder.config.vocab_size:
-            raise ValueError(
-                f"The tokenizer has {len(tokenizer)} tokens but the text encoder {MINI_SD_CHECKPOINTS['text_encoder']} "
-                f"was trained with {text_encoder.config.vocab_size}. Use the tokenizer it was trained with "
-                f"(delete {tokenizer_folder} to use build_caption_tokenizer()), or retrain: python -m course_lib train "
-                f"{MINI_SD_CHECKPOINTS['text_encoder']}"
-            )
-        if "schedule" not in unet_json or not unet_json["schedule"]:
-            raise ValueError(f"{folder / MINI_SD_CHECKPOINTS['unet']}.json has no 'schedule' entry. Retrain it: "
-                             f"python -m course_lib train {MINI_SD_CHECKPOINTS['unet']}")
-        schedule = make_schedule(**unet_json["schedule"])
-        pipe = cls(tokenizer, text_encoder, vae, unet, schedule, scheduler_config=SD_SCHEDULER_CONFIG)
-        return pipe.to(device, dtype)
+        folder = os.fspath(directory) if directory is not None else checkpoint_dir()
+        return cls(*load_mini_sd(Path(folder))).to(device, dtype)
 
     @classmethod
-    def from_pretrained(cls, path_or_repo_id: str | os.PathLike = SD_REPO_ID, dtype: torch.dtype | None = None,
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None) -> "StableDiffusion":
         """Stable Diffusion v1.x (or 2.x-base) from a folder in diffusers' layout, or a hub repo id.
 
         The folder holds model_index.json, scheduler/, tokenizer/, text_encoder/, unet/, vae/ with
         safetensors weights. A repo id such as "stable-diffusion-v1-5/stable-diffusion-v1-5" is
-        read from the Hugging Face cache (downloading only the files needed, when online). If
-        $COURSE_SD_PATH is set, the folder it names is used instead of a repo id.
+        read from the Hugging Face cache (downloading only the files needed, when online).
 
-        :param path_or_repo_id: a local folder or a hub repo id
+        :param path_or_repo_id: a local folder, which must exist (a path that is not a folder is an
+            error, never replaced by another), or a hub repo id; default: $COURSE_SD_PATH if set,
+            else SD v1.5's repo id. $COURSE_SD_PATH names the local copy of SD v1.5, and stands in
+            for its repo id only
         :param dtype: torch.float16 on a GPU halves memory and time (the VAE decodes in float32 when
             its config asks for force_upcast); default float32
         :param device: e.g. "cuda" (default: the CPU)
         """
-        folder = _sd_folder(path_or_repo_id)
-        _check_sd_folder(folder)
-        from transformers import CLIPTextModel, CLIPTokenizer  # after the checks: a wrong path fails at once
-
-        index_path = folder / SD_FILES["model_index"]
-        if index_path.is_file():
-            pipeline_class = json.loads(index_path.read_text()).get("_class_name")
-            if pipeline_class not in (None, "StableDiffusionPipeline"):
-                raise ValueError(f"{folder} holds a {pipeline_class}, not a StableDiffusionPipeline (SD v1.x / 2.x). "
-                                 f"course_lib runs Stable Diffusion v1.x; use e.g. {SD_REPO_ID}.")
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        # a folder downloaded with variant="fp16" has model.fp16.safetensors only
-        variant = None if (folder / SD_FILES["text_encoder weights"]).is_file() else "fp16"
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True,
-                                                     use_safetensors=True, variant=variant)
-        unet = _load_diffusers_weights(UNet2DConditionModel, UNetConfig, folder / "unet")
-        vae = _load_diffusers_weights(AutoencoderKL, VAEConfig, folder / "vae")
-        scheduler_config = json.loads((folder / SD_FILES["scheduler"]).read_text())
-        pipe = cls(tokenizer, text_encoder, vae, unet, _schedule_from_config(scheduler_config), scheduler_config)
-        return pipe.to(device, dtype or torch.float32)
+        return cls(*load_sd_folder(path_or_repo_id)).to(device, dtype or torch.float32)
 
     @classmethod
     def from_diffusers(cls, pipe) -> "StableDiffusion":
@@ -325,20 +206,7 @@ class StableDiffusion:
 
         :param pipe: a diffusers StableDiffusionPipeline (diffusers itself is not imported here)
         """
-        for part in ("tokenizer", "text_encoder", "unet", "vae", "scheduler"):
-            if getattr(pipe, part, None) is None:
-                raise TypeError(f"pipe has no {part}: expected a diffusers StableDiffusionPipeline, "
-                                f"got {type(pipe).__name__}.")
-        # copies of the weights (clone), so that changing one pipeline's weights leaves the other's alone
-        unet = _build_and_load(UNet2DConditionModel, UNetConfig.from_dict(dict(pipe.unet.config)),
-                               {key: value.clone() for key, value in pipe.unet.state_dict().items()},
-                               "the diffusers pipeline's unet")
-        vae = _build_and_load(AutoencoderKL, VAEConfig.from_dict(dict(pipe.vae.config)),
-                              {key: value.clone() for key, value in pipe.vae.state_dict().items()},
-                              "the diffusers pipeline's vae")
-        scheduler_config = dict(pipe.scheduler.config)
-        ours = cls(pipe.tokenizer, pipe.text_encoder, vae, unet, _schedule_from_config(scheduler_config),
-                   scheduler_config)
+        ours = cls(*from_diffusers_pipe(pipe))
         parameter = next(pipe.unet.parameters())
         return ours.to(parameter.device, parameter.dtype)
 
@@ -355,19 +223,8 @@ class StableDiffusion:
         :param dtype: e.g. torch.float16 (the weights are drawn in float32, then cast)
         :param seed: the weights' seed
         """
-        from transformers import CLIPTextConfig, CLIPTextModel
-
         check_choice(architecture, tuple(ARCHITECTURES), "architecture")
-        parts = ARCHITECTURES[architecture]
-        tokenizer = build_caption_tokenizer(model_max_length=77)
-        text_config = CLIPTextConfig(**parts["text_encoder"], pad_token_id=tokenizer.pad_token_id,
-                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-        torch.manual_seed(seed)
-        with torch.device(device or "cpu"):
-            text_encoder = CLIPTextModel(text_config)
-            vae = AutoencoderKL(parts["vae"])
-            unet = UNet2DConditionModel(parts["unet"])
-        pipe = cls(tokenizer, text_encoder, vae, unet, _schedule_from_config(SD_SCHEDULER_CONFIG))
+        pipe = cls(*random_parts(architecture, device, seed))
         return pipe.to(dtype) if dtype is not None else pipe
 
     # ------------------------------------------------------------------------------ device, dtype
@@ -481,13 +338,15 @@ class StableDiffusion:
 
     def make_sampler(self, name: str) -> Sampler:
         """A course_lib sampler on this model's schedule with the scheduler settings, as diffusers'
-        ``XScheduler.from_config(pipe.scheduler.config)`` builds its scheduler.
+        ``XScheduler.from_config(pipe.scheduler.config)`` builds its scheduler: a setting the config
+        leaves out (SD v1.x's sets no ``timestep_spacing``) takes the sampler's own default.
 
         :param name: "ddim", "ddpm", "euler" or "dpmsolver"
         """
         check_choice(name, SAMPLER_NAMES, "sampler")
-        kwargs = {"timestep_spacing": self.timestep_spacing or DEFAULT_TIMESTEP_SPACING[name],
-                  "steps_offset": self.steps_offset}
+        kwargs = {"steps_offset": self.steps_offset}
+        if self.timestep_spacing is not None:
+            kwargs["timestep_spacing"] = self.timestep_spacing
         if name == "ddim":
             kwargs["set_alpha_to_one"] = self.set_alpha_to_one
         if name == "ddpm":
@@ -528,43 +387,25 @@ class StableDiffusion:
         height = default_height if height is None else height
         width = default_width if width is None else width
 
-        # 1. check the inputs; a guidance sweep becomes one prompt repeated with one scale per image
+        # 1. check the inputs, and the memory of the whole request (nothing is allocated before);
+        #    a guidance sweep becomes one prompt repeated with one scale per image
         prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
                                             guidance_scale, sampler, generator, latents, num_images_per_prompt,
                                             output_type, callback)
-        # classifier-free guidance only when some scale is above 1 (diffusers: guidance_scale > 1)
-        do_cfg = max(scales) > 1
+        self.check_resources(len(prompts) * num_images_per_prompt * len(scales), height, width, max(scales) > 1)
 
-        # 2. encode the prompt: c, and c_uncond of the negative (or empty) prompt
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompt, num_images_per_prompt,
-                                                                   do_cfg)
-        if do_cfg:
-            # one batch of two halves for the UNet: [c_uncond, c]
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
-
-        # 3. the sampler and its timesteps
+        # 2. the sampler and its timesteps
         sampler = self.make_sampler(sampler)
         sampler.set_timesteps(num_inference_steps)
 
-        # 4. the starting noise z_T, shared by every scale of a sweep
+        # 3. the starting noise z_T, shared by every scale of a sweep
         latents = self.prepare_latents(len(prompts) * num_images_per_prompt, height, width, sampler,
                                        generator, latents)
-        if len(scales) > 1:
-            latents = latents.repeat(len(scales), 1, 1, 1)  # (n, C, h, w) -> (S * n, C, h, w), scale-major
-            prompt_embeds = _repeat_halves(prompt_embeds, len(scales), do_cfg)
-        guidance = self._per_image_scale(scales, num_images_per_prompt)
 
-        # 5. the denoising loop: z_T -> z_0
-        progress = tqdm(sampler.timesteps, **{"desc": sampler.name, **self._progress_bar_config})
-        for i, t in enumerate(progress):
-            latents = self.denoise_step(sampler, latents, t, prompt_embeds, guidance, do_cfg, generator)
-            if callback is not None:
-                callback(i, t, latents)
-
-        if output_type == "latent":
-            return latents
-        # 6. latents -> images
-        return self.to_images(self.decode_latents(latents), output_type)
+        # 4.-7. text states, the denoising loop z_T -> z_0, latents -> images
+        return self.run_loop(latents, prompts, negative_prompt, scales, sampler, sampler.timesteps,
+                             num_images_per_prompt=num_images_per_prompt, generator=generator,
+                             callback=callback, output_type=output_type)
 
     @torch.no_grad()
     def img2img(self, image, prompt, strength: float = 0.8, negative_prompt=None, num_inference_steps: int = 50,
@@ -582,32 +423,33 @@ class StableDiffusion:
 
         strength 0 returns the image's own round trip; strength 1 starts from (almost) pure noise.
 
-        :param image: a PIL image, a list of B PIL images, or a tensor (B, 3, H, W) in [-1, 1];
-            H and W multiples of ``size_multiple``
+        :param image: a PIL image or a list of B PIL images; 8-bit pixels 0..255 as a uint8 array
+            or tensor, (B, H, W, 3) or (H, W, 3) (a tensor also (B, 3, H, W)); or a float tensor
+            (B, 3, H, W) or (3, H, W) with values in [-1, 1] (pictures in [0, 1]: convert with
+            ``course_lib.pixels.from_unit``). H and W multiples of ``size_multiple``
         :param prompt: one prompt, or B prompts (one per image)
         :param strength: how much of the image is destroyed, in [0, 1]
         :param negative_prompt, num_inference_steps, guidance_scale, sampler, generator, output_type:
             as in ``__call__`` (no guidance sweep here)
         :return: the images, one per input image
         """
-        images = self._image_tensor(image)
-        height, width = images.shape[-2:]
         strength = check_number(strength, "strength", 0.0)
         if strength > 1:
             raise ValueError(f"strength must be in [0, 1], got {strength}: 0 keeps the image, 1 starts from noise.")
-        prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
-                                            guidance_scale, sampler, generator, None, 1, output_type, None)
-        if len(scales) != 1:
-            raise ValueError("img2img takes one guidance_scale, not a list. Call it once per scale.")
-        if len(prompts) == 1 and len(images) > 1:
-            prompts = prompts * len(images)
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images and {len(prompts)} prompts. Pass one prompt for all, "
-                             f"or one per image.")
-        do_cfg = scales[0] > 1
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative_prompt, 1, do_cfg)
-        if do_cfg:
-            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+        checked = {}
+
+        def check(batch_size: int, height: int, width: int) -> None:  # runs before the image is converted
+            prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
+                                                guidance_scale, sampler, generator, None, 1, output_type, None)
+            if len(scales) != 1:
+                raise ValueError("img2img takes one guidance_scale, not a list. Call it once per scale.")
+            if len(prompts) not in (1, batch_size):
+                raise ValueError(f"Got {batch_size} images and {len(prompts)} prompts. Pass one prompt for all, "
+                                 f"or one per image.")
+            self.check_resources(batch_size, height, width, scales[0] > 1, encode=True)
+            checked.update(prompts=prompts * (batch_size // len(prompts)), scales=scales)
+
+        images = _image_batch(image, check)
 
         # 1. the timesteps: only the last k = int(n * strength) of the grid are run
         sampler = self.make_sampler(sampler)
@@ -620,41 +462,111 @@ class StableDiffusion:
         posterior = self.vae.encode(images.to(device=self.device, dtype=vae_dtype))
         latents = (posterior.sample(generator) * self.vae.config.scaling_factor).to(self.dtype)
         if k == 0:  # strength 0: nothing to denoise
-            return latents if output_type == "latent" else self.to_images(self.decode_latents(latents), output_type)
+            return self._output(latents, output_type)
 
         # 3. z_t: the forward process to the first timestep run
         noise = randn_tensor(latents.shape, generator, device=self.device, dtype=self.dtype)
         latents = sampler.add_noise(latents, noise, timesteps[0])
 
-        # 4. the end of the denoising loop
-        for t in tqdm(timesteps, **{"desc": f"{sampler.name} img2img", **self._progress_bar_config}):
-            latents = self.denoise_step(sampler, latents, t, prompt_embeds, scales[0], do_cfg, generator)
-        if output_type == "latent":
-            return latents
-        return self.to_images(self.decode_latents(latents), output_type)
+        # 4. the end of the denoising loop, from z_t
+        return self.run_loop(latents, checked["prompts"], negative_prompt, checked["scales"], sampler, timesteps,
+                             generator=generator, output_type=output_type, desc=f"{sampler.name} img2img")
 
-    def _image_tensor(self, image) -> torch.Tensor:
-        """PIL image(s) or a tensor in [-1, 1] -> (B, 3, H, W) float tensor in [-1, 1]."""
-        from PIL import Image
+    @torch.no_grad()
+    def run_loop(self, latents: torch.Tensor, prompts: list[str], negative_prompt, scales: list[float],
+                 sampler: Sampler, timesteps: torch.Tensor, *, num_images_per_prompt: int = 1,
+                 generator: torch.Generator | None = None, callback=None, output_type: str = "latent",
+                 step: Callable | None = None, desc: str | None = None):
+        """Text states -> batch of two -> the loop over ``timesteps`` -> the result; what ``__call__``
+        and ``img2img`` share (inputs already checked).
 
-        if isinstance(image, Image.Image):
-            image = [image]
-        if isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
-            arrays = [np.asarray(i.convert("RGB"), dtype=np.float32) / 255.0 for i in image]
-            if len({a.shape for a in arrays}) != 1:
-                raise ValueError(f"The images have different sizes {sorted({a.shape[:2] for a in arrays})}; "
-                                 f"resize them to one size first.")
-            # [0, 255] -> [-1, 1]; (B, H, W, 3) -> (B, 3, H, W)
-            image = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) * 2 - 1
-        if not isinstance(image, torch.Tensor):
-            raise TypeError(f"image must be a PIL image, a list of PIL images or a tensor (B, 3, H, W) in [-1, 1], "
-                            f"got {type(image).__name__}.")
-        if image.ndim == 3:
-            image = image[None]
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image has shape {tuple(image.shape)}, expected (B, 3, H, W) with values in [-1, 1].")
-        return image.float()
+        :param latents: where the loop starts, (N, C_z, h, w): z_T, a noised picture (img2img), or
+            a clean latent for an inversion; N = len(prompts) * num_images_per_prompt (a sweep: n)
+        :param prompts: the B prompts, as ``check_inputs`` returns them
+        :param negative_prompt: None, one string, or B of them
+        :param scales: the guidance scales: one, or a sweep's S (every image repeated once per scale)
+        :param sampler: the sampler, after set_timesteps
+        :param timesteps: the timesteps to run, in order (``sampler.timesteps`` or a part of it)
+        :param num_images_per_prompt: images per prompt
+        :param generator: for samplers that add noise (DDPM)
+        :param callback: ``callback(i, t, latents)`` after step i
+        :param output_type: "latent", "np" or "pil"
+        :param step: ``step(noise_pred, t, latents) -> latents``, one update of the loop (default:
+            ``sampler.step``); an inversion passes the DDIM update run backwards
+        :param desc: the progress bar's label (default: the sampler's name)
+        :return: the final latents, or the images
+        """
+        # 4. the text states c (and c_uncond): one batch of two halves for the UNet, [c_uncond, c]
+        do_cfg = max(scales) > 1  # classifier-free guidance only when some scale is above 1 (diffusers: > 1)
+        prompt_embeds = self.text_states(prompts, negative_prompt, num_images_per_prompt, do_cfg)
+        if len(scales) > 1:  # a sweep: (n, C, h, w) -> (S * n, C, h, w), scale-major, the same noise for all
+            latents = latents.repeat(len(scales), 1, 1, 1)
+            prompt_embeds = _repeat_halves(prompt_embeds, len(scales), do_cfg)
+        guidance = self._per_image_scale(scales, num_images_per_prompt)
+        if step is None:
+            def step(noise_pred, t, latents):
+                return sampler.step(noise_pred, t, latents, generator=generator)
 
+        # 5. the denoising loop
+        start = latents
+        progress = tqdm(timesteps, **{"desc": desc or sampler.name, **self._progress_bar_config})
+        for i, t in enumerate(progress):
+            noise_pred = self.predict_noise(sampler, latents, t, prompt_embeds, guidance, do_cfg)
+            if self.unet.check_values:  # off in the fast mode: the check makes the host wait for the GPU
+                _check_finite_step(noise_pred, "noise prediction", i, t, len(timesteps), scales, start)
+            latents = step(noise_pred, t, latents)
+            if self.unet.check_values:
+                _check_finite_step(latents, "latents", i, t, len(timesteps), scales, start)
+            if callback is not None:
+                callback(i, t, latents)
+        # 6.-7. latents -> images
+        return self._output(latents, output_type)
+
+    @torch.no_grad()
+    def predict_noise(self, sampler: Sampler, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                      guidance_scale, do_cfg: bool) -> torch.Tensor:
+        """The guided noise prediction at one step: the batch of two through the UNet, then guidance.
+
+        :param sampler: the sampler, after set_timesteps (it scales the UNet's input)
+        :param latents: z_t, (N, C_z, h, w)
+        :param t: the current timestep, one of sampler.timesteps
+        :param prompt_embeds: (2N, L, D) = [c_uncond, c] with guidance, else c (N, L, D)
+        :param guidance_scale: lambda, a number or a tensor (N,) with one scale per image
+        :param do_cfg: classifier-free guidance on
+        :return: eps, (N, C_z, h, w)
+        """
+        # 1. the batch of two: [z_t, z_t] for [c_uncond, c] (2N, C_z, h, w)
+        latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
+        latent_model_input = sampler.scale_model_input(latent_model_input, t)
+        # 2. predict the noise: eps_theta(z_t, t, c) (t copied to the GPU without waiting for it: a
+        #    UNet compiled with CUDA graphs takes GPU tensors only, and the sampler keeps t on the host)
+        t_unet = t.to(latents.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+        noise_pred = self.unet(latent_model_input, t_unet, encoder_hidden_states=prompt_embeds)
+        # 3. classifier-free guidance: eps = eps(z_t, c_uncond) + lambda (eps(z_t, c) - eps(z_t, c_uncond))
+        if do_cfg:
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = cfg(noise_pred_uncond, noise_pred_text, guidance_scale)
+        return noise_pred
+
+    @torch.no_grad()
+    def denoise_step(self, sampler: Sampler, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                     guidance_scale, do_cfg: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One step of the loop: predict the noise (with guidance), then z_t -> z_{t-1}.
+
+        :param sampler: the sampler, after set_timesteps
+        :param latents: z_t, (N, C_z, h, w)
+        :param t: the current timestep, one of sampler.timesteps
+        :param prompt_embeds: (2N, L, D) = [c_uncond, c] with guidance, else c (N, L, D)
+        :param guidance_scale: lambda, a number or a tensor (N,) with one scale per image
+        :param do_cfg: classifier-free guidance on
+        :param generator: for samplers that add noise (DDPM)
+        :return: z_{t-1}, (N, C_z, h, w)
+        """
+        noise_pred = self.predict_noise(sampler, latents, t, prompt_embeds, guidance_scale, do_cfg)
+        # 4. one sampler step: z_t -> z_{t-1}
+        return sampler.step(noise_pred, t, latents, generator=generator)
+
+    @torch.no_grad()
     def check_inputs(self, prompt, negative_prompt, height, width, num_inference_steps, guidance_scale,
                      sampler, generator, latents, num_images_per_prompt, output_type, callback):
         """Refuse bad arguments before any work, each with what was wrong and what to do.
@@ -704,17 +616,38 @@ class StableDiffusion:
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}. "
                             f"Use torch.Generator().manual_seed(0).")
         if latents is not None:
-            if not isinstance(latents, torch.Tensor):
-                raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
+            _check_latents_type(latents)
             shape = (len(prompts) * num_images_per_prompt, self.unet.config.in_channels,
                      height // self.vae_scale_factor, width // self.vae_scale_factor)
             check_shape(latents, "latents", shape, hint=(
                 f"For {len(prompts)} prompt(s) x {num_images_per_prompt} image(s) of {height}x{width} pixels the "
                 f"starting noise is (prompts * images per prompt, latent channels, height / {self.vae_scale_factor}, "
                 f"width / {self.vae_scale_factor}); a guidance sweep shares one noise for all scales."))
+            if self.unet.check_values and not torch.isfinite(latents).all():
+                raise ValueError(f"latents has {int((~torch.isfinite(latents)).sum())} non-finite values (NaN or inf). "
+                                 f"The starting noise must be finite: draw it with torch.randn(...).")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be a function callback(i, t, latents), got {type(callback).__name__}.")
         return prompts, scales
+
+    def check_resources(self, batch_size: int, height: int, width: int, guidance: bool,
+                        encode: bool = False) -> SamplingEstimate:
+        """Refuse a request whose memory estimate is over the cap, before anything is allocated.
+
+        The estimate and the caps are :mod:`course_lib.limits`' ($COURSE_MAX_MEMORY_GB,
+        $COURSE_MAX_LATENT_POSITIONS); the refusal is a ``ResourceLimitError`` (a ValueError) that
+        names the estimate, the cap and what to do.
+
+        :param batch_size: the images sampled in one pass (prompts x images per prompt x scales)
+        :param height: image height in pixels
+        :param width: image width in pixels
+        :param guidance: classifier-free guidance (the UNet sees the batch of two)
+        :param encode: the images are encoded first (img2img)
+        :return: the estimate
+        """
+        return check_sampling_request(self.unet.config, self.vae.config, height=height, width=width,
+                                      batch_size=batch_size, guidance=guidance, dtype=self.dtype,
+                                      vae_dtype=next(self.vae.parameters()).dtype, encode=encode, device=self.device)
 
     @torch.no_grad()
     def encode_prompt(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1,
@@ -749,6 +682,16 @@ class StableDiffusion:
         # one copy per image: (B, L, D) -> (B * n, L, D), prompt by prompt
         return prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0), negative_prompt_embeds
 
+    def text_states(self, prompt, negative_prompt=None, num_images_per_prompt: int = 1,
+                    do_cfg: bool = True) -> torch.Tensor:
+        """What the UNet cross-attends to: with guidance the batch of two [c_uncond, c], (2 B n, L, D); else c.
+
+        :param prompt, negative_prompt, num_images_per_prompt, do_cfg: as in :meth:`encode_prompt`
+        """
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompt, negative_prompt, num_images_per_prompt,
+                                                                   do_cfg)
+        return torch.cat([negative_prompt_embeds, prompt_embeds]) if do_cfg else prompt_embeds
+
     def _encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> last hidden state (B, L, D) on the UNet's device and dtype."""
         tokens = tokenize_prompts(self.tokenizer, prompts)  # warns about truncated and unknown words
@@ -781,34 +724,6 @@ class StableDiffusion:
         return latents * sampler.init_noise_sigma
 
     @torch.no_grad()
-    def denoise_step(self, sampler: Sampler, latents: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
-                     guidance_scale, do_cfg: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One step of the loop: predict the noise (with guidance), then z_t -> z_{t-1}.
-
-        :param sampler: the sampler, after set_timesteps
-        :param latents: z_t, (N, C_z, h, w)
-        :param t: the current timestep, one of sampler.timesteps
-        :param prompt_embeds: (2N, L, D) = [c_uncond, c] with guidance, else c (N, L, D)
-        :param guidance_scale: lambda, a number or a tensor (N,) with one scale per image
-        :param do_cfg: classifier-free guidance on
-        :param generator: for samplers that add noise (DDPM)
-        :return: z_{t-1}, (N, C_z, h, w)
-        """
-        # 1. the batch of two: [z_t, z_t] for [c_uncond, c] (2N, C_z, h, w)
-        latent_model_input = torch.cat([latents] * 2) if do_cfg else latents
-        latent_model_input = sampler.scale_model_input(latent_model_input, t)
-        # 2. predict the noise: eps_theta(z_t, t, c) (t copied to the GPU without waiting for it: a
-        #    UNet compiled with CUDA graphs takes GPU tensors only, and the sampler keeps t on the host)
-        t_unet = t.to(latents.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
-        noise_pred = self.unet(latent_model_input, t_unet, encoder_hidden_states=prompt_embeds)
-        # 3. classifier-free guidance: eps = eps(z_t, c_uncond) + lambda (eps(z_t, c) - eps(z_t, c_uncond))
-        if do_cfg:
-            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-            noise_pred = cfg(noise_pred_uncond, noise_pred_text, guidance_scale)
-        # 4. one sampler step: z_t -> z_{t-1}
-        return sampler.step(noise_pred, t, latents, generator=generator)
-
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Images from the UNet's latents: x = D(z / s), s = vae.config.scaling_factor.
 
@@ -822,19 +737,25 @@ class StableDiffusion:
 
     @staticmethod
     def to_images(images: torch.Tensor, output_type: str = "pil"):
-        """Images in [-1, 1] -> what diffusers' image processor returns.
+        """Images in [-1, 1] -> what diffusers' image processor returns (course_lib.pixels' conversions).
 
         :param images: (N, 3, H, W) in about [-1, 1]
-        :param output_type: "np" (float32 array (N, H, W, 3) in [0, 1]) or "pil" (list of N PIL images)
+        :param output_type: "np" (float32 array (N, H, W, 3) in [0, 1]) or "pil" (list of N PIL images,
+            round(255 u) of the same u for float32 images)
         """
         from PIL import Image
 
         check_choice(output_type, ("pil", "np"), "output_type")
-        # [-1, 1] -> [0, 1]: x / 2 + 0.5, clipped; (N, 3, H, W) -> (N, H, W, 3)
-        array = (images.detach() / 2 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()
         if output_type == "np":
-            return array
-        return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in array]
+            # [-1, 1] -> [0, 1] in the images' dtype, as diffusers; (N, 3, H, W) -> (N, H, W, 3)
+            return to_unit(images.detach()).cpu().permute(0, 2, 3, 1).float().numpy()
+        return [Image.fromarray(image) for image in to_uint8(images)]
+
+    def _output(self, latents: torch.Tensor, output_type: str):
+        """The loop's result as asked: the latents themselves, or decoded images."""
+        if output_type == "latent":
+            return latents
+        return self.to_images(self.decode_latents(latents), output_type)
 
     def _per_image_scale(self, scales: list[float], num_images_per_prompt: int):
         """One guidance scale (a float), or a sweep's scales as a tensor (S * n,), scale-major.
@@ -873,134 +794,78 @@ def _repeat_halves(prompt_embeds: torch.Tensor, times: int, do_cfg: bool) -> tor
     return torch.cat([negative.repeat(times, 1, 1), positive.repeat(times, 1, 1)])
 
 
-def _scheduler_settings(config: dict) -> dict:
-    """The settings a diffusers scheduler config really sets, checked against what our samplers do.
-
-    As diffusers' from_config does, bookkeeping keys (``_class_name``, ...) and the defaults the
-    scheduler filled in itself (listed in ``_use_default_values``) are left out, so another
-    sampler uses its own default for them.
-    """
-    if not isinstance(config, dict):
-        raise TypeError(f"scheduler_config must be a dict such as diffusers' scheduler_config.json, "
-                        f"got {type(config).__name__}.")
-    filled_in = set(config.get("_use_default_values", []))
-    settings = {key: value for key, value in config.items() if not key.startswith("_") and key not in filled_in}
-    for key, supported in SUPPORTED_SCHEDULER_SETTINGS.items():
-        if key in settings and settings[key] not in supported:
-            hint = (" Stable Diffusion 2.x at 768 px predicts v; use SD v1.x or SD 2.x-base, which predict eps."
-                    if key == "prediction_type" else "")
-            raise ValueError(
-                f"Scheduler setting {key}={settings[key]!r} is not implemented by course_lib's samplers "
-                f"(they implement {key} in {list(supported)}).{hint} Remove it from the scheduler config or "
-                f"set one of those values."
-            )
-    if "steps_offset" in settings:
-        check_int_range(settings["steps_offset"], "steps_offset", 0)
-    return settings
+def _check_latents_type(latents) -> None:
+    """Starting latents must be a real floating-point tensor: complex or integer noise is refused."""
+    if not isinstance(latents, torch.Tensor):
+        raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}.")
+    if latents.is_complex() or not latents.is_floating_point():
+        raise TypeError(f"latents must be a real floating-point tensor (the starting noise z_T), got dtype "
+                        f"{latents.dtype}. Draw it with torch.randn(shape, generator=generator).")
 
 
-def _schedule_from_config(config: dict) -> NoiseSchedule:
-    """The noise schedule of a diffusers scheduler config (beta_schedule, beta_start, beta_end, T)."""
-    settings = _scheduler_settings(config)
-    return make_schedule(BETA_SCHEDULES[settings.get("beta_schedule", "linear")],
-                         settings.get("num_train_timesteps", 1000),
-                         settings.get("beta_start", 0.0001), settings.get("beta_end", 0.02))
-
-
-def _build_and_load(network_class, config, state_dict: dict, source: str) -> nn.Module:
-    """A network built from its config and given these weights (strictly: every key, every shape).
-
-    It is built on the meta device, which allocates nothing and skips the random initialisation
-    (SD's UNet has 860 million numbers), then takes the tensors of ``state_dict`` as its own.
-    """
-    with torch.device("meta"):
-        model = network_class(config)
-    try:
-        model.load_state_dict(state_dict, strict=True, assign=True)
-    except RuntimeError as error:
-        raise ValueError(f"The weights of {source} do not fit the network its config describes: {error}. "
-                         f"The config.json and the weights come from different models.") from None
-    return model.eval()
-
-
-def _load_diffusers_weights(network_class, config_class, folder: Path) -> nn.Module:
-    """course_lib's UNet or VAE from a diffusers model folder: config.json and safetensors weights."""
-    from safetensors.torch import load_file
-
-    config = config_class.from_dict(json.loads((folder / "config.json").read_text()))
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    if not weights.is_file():
-        weights = folder / "diffusion_pytorch_model.fp16.safetensors"
-    return _build_and_load(network_class, config, load_file(weights), str(weights)).float()
-
-
-def _looks_like_repo_id(name: str) -> bool:
-    """'owner/name' or 'name' with the characters the hub allows (a path such as ./sd or /data/sd is not)."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name) is not None and ".." not in name
-
-
-def _where_to_get_weights(repo_id: str) -> str:
-    return (
-        f"Download them once on a machine with internet (SD v1.5 in float32: about 5.2 GB): "
-        f"hf download {repo_id} {' '.join(SD_ALLOW_PATTERNS)} --local-dir stable-diffusion-v1-5 "
-        f"(or StableDiffusion.from_pretrained({repo_id!r}) online, which keeps them in the Hugging Face cache). "
-        f"Then point the course at the folder: COURSE_SD_PATH=/path/to/stable-diffusion-v1-5, or "
-        f"StableDiffusion.from_pretrained('/path/to/stable-diffusion-v1-5')."
+def _check_finite_step(values: torch.Tensor, what: str, i: int, t, steps: int, scales: list[float],
+                       start: torch.Tensor) -> None:
+    """At step i: refuse a NaN or inf noise prediction or latents, naming what most likely caused them."""
+    if torch.isfinite(values).all():
+        return
+    finite = start[torch.isfinite(start)]
+    seen = (f"from {finite.min().item():.3g} to {finite.max().item():.3g}" if finite.numel() else "none finite")
+    scale = max(scales)
+    raise ValueError(
+        f"The {what} became non-finite (NaN or inf) at step {i + 1} of {steps} (t={float(t):g}). The likely cause "
+        f"is the guidance scale ({scale:g}{'' if len(scales) == 1 else ', the largest of the sweep'}): guidance "
+        f"multiplies the difference eps(z, c) - eps(z, c_uncond) by it, and a huge scale overflows the latents "
+        f"(SD's usual is 7.5; use 1 to about 20); or the starting latents (their values ran {seen}; z_T is "
+        f"standard normal noise, torch.randn). In float16, float32 also avoids overflow."
     )
 
 
-def _sd_folder(path_or_repo_id) -> Path:
-    """The local folder of the weights: the path itself, $COURSE_SD_PATH, or the hub cache of a repo id."""
-    if not isinstance(path_or_repo_id, (str, os.PathLike)):
-        raise TypeError(f"path_or_repo_id must be a folder or a hub repo id such as {SD_REPO_ID!r}, "
-                        f"got {type(path_or_repo_id).__name__}.")
-    path = Path(path_or_repo_id).expanduser()
-    if path.is_dir():
-        return path
-    env_path = os.environ.get("COURSE_SD_PATH")
-    if env_path:
-        if not Path(env_path).expanduser().is_dir():
-            raise FileNotFoundError(f"COURSE_SD_PATH is {env_path!r}, which is not a folder. Set it to a folder in "
-                                    f"diffusers' layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/).")
-        return Path(env_path).expanduser()
-    name = os.fspath(path_or_repo_id)
-    if isinstance(path_or_repo_id, os.PathLike) or not _looks_like_repo_id(name):
-        raise FileNotFoundError(f"No folder {name!r}. Give a folder in diffusers' layout (unet/, vae/, "
-                                f"text_encoder/, tokenizer/, scheduler/) or a hub repo id such as {SD_REPO_ID!r}.")
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def _image_batch(image, check: Callable[[int, int, int], None]) -> torch.Tensor:
+    """img2img's input -> a float tensor (B, 3, H, W) in [-1, 1]; ``check(B, H, W)`` runs before converting.
 
-    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
-    try:
-        return Path(snapshot_download(name, allow_patterns=SD_ALLOW_PATTERNS, local_files_only=offline))
-    except LocalEntryNotFoundError:
-        raise FileNotFoundError(
-            f"The Stable Diffusion weights {name!r} are not in the Hugging Face cache and downloads are off "
-            f"({'HF_HUB_OFFLINE=1' if offline else 'no connection to the hub'}). {_where_to_get_weights(name)}"
-        ) from None
-    except Exception as error:  # the hub's errors (no such repo, gated, HTTP) -> one message with what to do
-        raise ValueError(f"Could not get {name!r} from the Hugging Face hub: {error}. {_where_to_get_weights(name)}") \
-            from None
+    PIL images and 8-bit pixels (uint8 arrays or tensors, 0..255) are converted with
+    ``pixels.from_uint8``; float tensors (or arrays) must already be in [-1, 1].
+    """
+    from PIL import Image
 
-
-def _check_sd_folder(folder: Path) -> None:
-    """Raise a FileNotFoundError that lists every file of diffusers' layout missing in ``folder``."""
-    missing = []
-    for what, relative in SD_FILES.items():
-        if what == "model_index":
-            continue  # optional: only checked when present
-        path = folder / relative
-        if what.endswith("weights"):
-            present = path.is_file() or path.with_name(path.name.replace(".safetensors", ".fp16.safetensors")).is_file()
-        else:
-            present = path.exists()
-        if not present:
-            missing.append(relative)
-    if missing:
-        pickles = [p.name for p in folder.glob("*/*.bin")]
-        raise FileNotFoundError(
-            f"{folder} is not a complete Stable Diffusion folder in diffusers' layout: missing {', '.join(missing)}."
-            + (f" It has PyTorch pickles ({', '.join(sorted(pickles)[:3])}): course_lib loads only safetensors "
-               f"weights; convert them or download the .safetensors files." if pickles else "")
-            + f" {_where_to_get_weights(SD_REPO_ID)}"
+    if isinstance(image, Image.Image):
+        image = [image]
+    if isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
+        sizes = sorted({i.size for i in image})
+        if len(sizes) != 1:
+            raise ValueError(f"The images have different sizes {[(h, w) for w, h in sizes]} (height, width); "
+                             f"resize them to one size first.")
+        width, height = sizes[0]
+        check(len(image), height, width)
+        # 0..255 -> [-1, 1]; (B, H, W, 3) -> (B, 3, H, W)
+        return from_uint8(np.stack([np.asarray(i.convert("RGB")) for i in image]))
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a PIL image, a list of PIL images, uint8 pixels (0..255) or a float tensor "
+                        f"(B, 3, H, W) in [-1, 1], got {type(image).__name__}.")
+    batch = image if image.ndim == 4 else image[None]
+    if image.dtype == torch.uint8:
+        channels_last = batch.ndim == 4 and batch.shape[-1] == 3
+        if batch.ndim != 4 or not (channels_last or batch.shape[1] == 3):
+            raise ValueError(f"image has shape {tuple(image.shape)}: 8-bit pixels are (B, H, W, 3) or (H, W, 3) "
+                             f"(a tensor also (B, 3, H, W)).")
+        height, width = batch.shape[1:3] if channels_last else batch.shape[2:]
+        check(batch.shape[0], height, width)
+        # 0..255 -> [-1, 1], channels first
+        return from_uint8(batch if channels_last else batch.permute(0, 2, 3, 1))
+    if image.is_complex() or not image.is_floating_point():
+        raise TypeError(f"image has dtype {image.dtype}: give 8-bit pixels as uint8 (0..255), or floats in [-1, 1].")
+    if batch.ndim != 4 or batch.shape[1] != 3:
+        raise ValueError(f"image has shape {tuple(image.shape)}, expected (B, 3, H, W) with values in [-1, 1].")
+    check(batch.shape[0], batch.shape[2], batch.shape[3])
+    if not torch.isfinite(batch).all():
+        raise ValueError("image has NaN or inf values. Give pixel values in [-1, 1].")
+    low, high = batch.min().item(), batch.max().item()
+    if low < -1 or high > 1:
+        raise ValueError(
+            f"image has values from {low:.4g} to {high:.4g}, outside [-1, 1], the range the VAE encodes. A picture "
+            f"in [0, 1] becomes [-1, 1] with course_lib.pixels.from_unit(x) (2x - 1); 8-bit pixels 0..255 can be "
+            f"given as they are, as uint8 (a PIL image, or a uint8 array or tensor)."
         )
+    return batch.float()

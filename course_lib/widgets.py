@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from .checks import check_int_range, check_number
+from .pixels import from_unit, to_uint8
 
 __all__ = ["guidance_explorer", "GuidanceExplorer", "CSS_CLASSES"]
 
@@ -253,7 +254,8 @@ class GuidanceExplorer(widgets.VBox):
             finally:
                 self.remove_class(CSS_CLASSES["busy"])
                 self.generate_button.disabled = False
-            self._cache[key] = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+            # [0, 1], (S * n, H, W, 3) -> uint8 0..255: to [-1, 1] and through pixels' one conversion
+            self._cache[key] = to_uint8(from_unit(torch.from_numpy(images)).movedim(-1, 1))
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
             self._note = (f"{len(self.scales)} scales sampled in one batched pass in {seconds:.1f} s "

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from course_lib.checkpoints import load_checkpoint
+from course_lib.limits import LATENT_POSITIONS_VARIABLE, MEMORY_CAP_VARIABLE, ResourceLimitError
 from course_lib.nn.text import build_caption_tokenizer
 from course_lib.nn.unet import UNet2DConditionModel
 from course_lib.nn.vae import AutoencoderKL
@@ -207,6 +208,11 @@ def test_to_keeps_a_force_upcast_vae_in_float32(mini_sd_folder):
     (dict(latents=torch.zeros(2, 4, 8, 8), guidance_scale=[1.0, 2.0]), ValueError,
      r"expected \(1, 4, 8, 8\).*a guidance sweep shares one noise for all scales"),
     (dict(latents=np.zeros((1, 4, 8, 8))), TypeError, r"latents must be a torch.Tensor"),
+    (dict(latents=torch.zeros(1, 4, 8, 8, dtype=torch.complex64)), TypeError,
+     r"latents must be a real floating-point tensor \(the starting noise z_T\), got dtype torch.complex64"),
+    (dict(latents=torch.zeros(1, 4, 8, 8, dtype=torch.int64)), TypeError, r"real floating-point.*torch.int64.*randn"),
+    (dict(latents=torch.full((1, 4, 8, 8), float("nan"))), ValueError,
+     r"latents has 256 non-finite values \(NaN or inf\)"),
     (dict(generator=0), TypeError, r"generator must be a torch.Generator"),
     (dict(output_type="pt"), ValueError, r"Unknown output_type 'pt'"),
     (dict(num_images_per_prompt=0), ValueError, r"num_images_per_prompt must be at least 1"),
@@ -263,6 +269,12 @@ def test_from_pretrained_offline_and_not_cached_fails_at_once(monkeypatch, tmp_p
     with pytest.raises(FileNotFoundError,
                        match=r"missing scheduler/scheduler_config.json, tokenizer, .*unet/config.json"):
         StableDiffusion.from_pretrained(SD_REPO_ID)
+    # an explicit path that does not exist is an error, whatever COURSE_SD_PATH says
+    with pytest.raises(FileNotFoundError, match=r"No folder '.*no-such-folder'"):
+        StableDiffusion.from_pretrained(tmp_path / "no-such-folder")
+    with pytest.raises(FileNotFoundError, match=r"There is no folder 'weights/sd15' here, and the Stable Diffusion "
+                                                r"weights 'weights/sd15' are not in the Hugging Face cache"):
+        StableDiffusion.from_pretrained("weights/sd15")  # could be a repo id: the hub cache is asked too
 
 
 # A tiny byte-level BPE vocabulary in CLIP's format: the 256 byte symbols, the same with the
@@ -412,9 +424,20 @@ def test_from_pretrained_loads_what_diffusers_saved(diffusers_pair, tmp_path, mo
     for sampler in ("ddim", "euler"):  # the saved config spells out timestep_spacing="leading": Euler uses it too
         compare(diffusers, reloaded, ours, sampler, latents=noise(ours, 1, seed=2), prompt="a red circle",
                 num_inference_steps=3, guidance_scale=7.5, base_config=saved_config)
-    # $COURSE_SD_PATH stands in for the repo id
+    # $COURSE_SD_PATH stands in for SD v1.5's repo id (and the default), never for an explicit path
     monkeypatch.setenv("COURSE_SD_PATH", str(tmp_path))
     assert StableDiffusion.from_pretrained().unet.config == ours.unet.config
+    assert StableDiffusion.from_pretrained(SD_REPO_ID).unet.config == ours.unet.config
+    with pytest.raises(FileNotFoundError, match=r"No folder '.*missing'"):
+        StableDiffusion.from_pretrained(tmp_path / "missing")
+    # weights that do not fit their config.json: check_state_dict's report names the file and the keys
+    vae_config = json.loads((tmp_path / "vae" / "config.json").read_text())
+    (tmp_path / "vae" / "config.json").write_text(json.dumps({**vae_config, "block_out_channels": [32, 32]}))
+    with pytest.raises(ValueError, match=r"vae/diffusion_pytorch_model.safetensors: the weights do not fit the network "
+                                         r"\(.*keys with another shape.*the config.json and the weights come from "
+                                         r"different models"):
+        StableDiffusion.from_pretrained(tmp_path)
+    (tmp_path / "vae" / "config.json").write_text(json.dumps(vae_config))
     # a folder downloaded with variant="fp16" (weights *.fp16.safetensors) loads too
     unet, text = tmp_path / "unet", tmp_path / "text_encoder"
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.fp16.safetensors")
@@ -514,3 +537,91 @@ def test_img2img_strength_and_inputs(pipe):
         pipe.img2img("picture.png", "a circle")
     with pytest.raises(ValueError, match="2 images and 3 prompts"):
         pipe.img2img([picture, picture], ["a", "b", "c"])
+
+
+# ----------------------------------------------------------------------------------------------
+# One loop for __call__ and img2img; inputs; bounded resources
+
+
+def test_call_is_prepare_latents_then_run_loop_with_any_step(pipe):
+    x_T = noise(pipe, 2)
+    want = pipe(["a red circle", "a blue square"], num_inference_steps=3, latents=x_T, sampler="euler",
+                output_type="latent")
+    sampler = pipe.make_sampler("euler")
+    sampler.set_timesteps(3)
+    seen = []
+
+    def step(noise_pred, t, latents):  # the update of the loop, as an inversion would pass its own
+        seen.append(float(t))
+        return sampler.step(noise_pred, t, latents)
+
+    start = pipe.prepare_latents(2, IMAGE_SIZE, IMAGE_SIZE, sampler, latents=x_T)
+    got = pipe.run_loop(start, ["a red circle", "a blue square"], None, [7.5], sampler, sampler.timesteps, step=step)
+    assert torch.equal(got, want) and seen == sampler.timesteps.tolist()
+    # the timesteps in another order and another step function run as given (what a DDIM inversion needs)
+    seen.clear()
+    pipe.run_loop(start, ["a red circle", "a blue square"], None, [1.0], sampler, sampler.timesteps.flip(0),
+                  step=lambda noise_pred, t, latents: seen.append(float(t)) or latents)
+    assert seen == sampler.timesteps.flip(0).tolist()
+
+
+def test_img2img_takes_uint8_pixels_and_refuses_values_outside_the_range(pipe):
+    from PIL import Image
+
+    from course_lib.pixels import from_uint8
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    as_float = from_uint8(pixels)  # (2, 3, H, W) in [-1, 1]
+
+    def run(image):
+        return pipe.img2img(image, "a circle", strength=0.5, num_inference_steps=4,
+                            generator=torch.Generator().manual_seed(0), output_type="latent")
+
+    want = run(as_float)
+    for image in ([Image.fromarray(p) for p in pixels], pixels, torch.from_numpy(pixels),
+                  torch.from_numpy(pixels).permute(0, 3, 1, 2)):  # PIL, uint8 (B, H, W, 3), a tensor, (B, 3, H, W)
+        assert torch.equal(run(image), want)
+    assert torch.equal(run(pixels[0]), run(pixels[:1]))  # one (H, W, 3) picture is a batch of one
+    with pytest.raises(ValueError, match=r"image has values from 0 to 255, outside \[-1, 1\].*"
+                                         r"course_lib.pixels.from_unit.*as uint8"):
+        run(torch.from_numpy(pixels).permute(0, 3, 1, 2).float())  # 0..255 as floats: refused, not guessed
+    with pytest.raises(ValueError, match=r"image has values from -0.5 to 1.5, outside \[-1, 1\]"):
+        run(torch.linspace(-0.5, 1.5, 3 * IMAGE_SIZE ** 2).reshape(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    with pytest.raises(ValueError, match="image has NaN or inf values"):
+        run(torch.full((1, 3, IMAGE_SIZE, IMAGE_SIZE), float("nan")))
+    with pytest.raises(TypeError, match=r"image has dtype torch.int64: give 8-bit pixels as uint8 \(0..255\)"):
+        run(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"8-bit pixels are \(B, H, W, 3\)"):
+        run(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8))
+
+
+def test_non_finite_latents_name_the_guidance_scale(pipe):
+    with pytest.raises(ValueError, match=r"The (noise prediction|latents) became non-finite \(NaN or inf\) at step \d of 3 \(t=\d+\)\. "
+                                         r"The likely cause is the guidance scale \(1e\+30\).*starting latents "
+                                         r"\(their values ran from -?\d.* to \d"):
+        pipe(PROMPT, num_inference_steps=3, guidance_scale=1e30, generator=torch.Generator().manual_seed(0),
+             output_type="latent")
+
+
+def test_requests_over_the_caps_are_refused_before_any_work(pipe, monkeypatch):
+    monkeypatch.delenv(MEMORY_CAP_VARIABLE, raising=False)
+    monkeypatch.delenv(LATENT_POSITIONS_VARIABLE, raising=False)
+    calls = []
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *args, **kwargs: calls.append(args))
+    start = time.perf_counter()
+    for side in (4096, 32768):  # latents of side / 2: over the 16384 positions of the cap
+        with pytest.raises(ResourceLimitError, match=rf"{side}x{side} pixels are {(side // 2) ** 2} latent positions "
+                                                     rf"per image, over the cap of 16384"):
+            pipe(PROMPT, height=side, width=side)
+    assert time.perf_counter() - start < 1 and not calls  # nothing encoded, nothing allocated
+    one = pipe.check_resources(1, 256, 256, guidance=True)  # under the default cap
+    monkeypatch.setenv(MEMORY_CAP_VARIABLE, "1")
+    images = 2**30 // one.peak + 1  # more than fit under 1 GiB
+    with pytest.raises(ResourceLimitError, match=rf"Sampling {3 * images} image\(s\) of 256x256 pixels needs "
+                                                 rf"about .* GiB.*over the cap of 1.00 GiB"):
+        pipe(PROMPT, height=256, width=256, num_images_per_prompt=images, guidance_scale=[1.0, 3.0, 7.5])
+    # img2img: the size is read before the picture is converted
+    with pytest.raises(ResourceLimitError, match=r"Sampling 64 image\(s\) of 256x256 pixels"):
+        pipe.img2img(np.zeros((64, 256, 256, 3), dtype=np.uint8), "a circle")
+    assert not calls
+
