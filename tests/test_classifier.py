@@ -121,7 +121,7 @@ def test_classifier_config_errors(kwargs, match):
 def test_configs_round_trip_through_dicts():
     assert ClassifierConfig.from_dict(TINY.to_dict()) == TINY
     assert JudgeConfig.from_dict(TINY_JUDGE.to_dict()) == TINY_JUDGE
-    with pytest.raises(ValueError, match=r"Unknown JudgeConfig key\(s\) \['width'\]"):
+    with pytest.raises(ValueError, match=r"Unknown judge config key\(s\) \['width'\]"):
         JudgeConfig.from_dict({"width": 3})
     with pytest.raises(TypeError, match="config must be a ClassifierConfig"):
         NoisyClassifier(TINY_JUDGE)

@@ -16,7 +16,7 @@ from _minisd import IMAGE_SIZE, make_mini_sd
 from course_lib.nn.attention import Attention, fuse_projections
 from course_lib.nn.unet import UNet2DConditionModel
 from course_lib.pipeline import TINY_ARCHITECTURE, StableDiffusion
-from test_vae import tiny_vae
+from _tiny_vae import tiny_vae
 
 
 @pytest.mark.parametrize("cross, bias", [(None, False), (24, False), (None, True)])

@@ -27,7 +27,7 @@ CONTRIBUTING = ROOT / "CONTRIBUTING.md"
 # break (i18n/__init__.py imports i18n/catalogues.py inside a function, which imports the package);
 # both empty when done.
 LAZY_OWN_IMPORTS_PENDING = {"course_lib.__main__", "course_lib.i18n", "course_lib.i18n.glossary",
-                            "course_lib.i18n.notebooks"}
+                            "course_lib.i18n.notebooks", "course_lib.inversion", "course_lib.lora", "course_lib.orange"}
 CYCLES_PENDING = {("course_lib.i18n", "course_lib.i18n.catalogues")}
 
 
@@ -205,3 +205,15 @@ def test_the_table_reader_reads_backticked_names():
     text = ("## Architecture as built\n\n| module | what |\n|---|---|\n| `checks.py` | checks |\n"
             "| `nn/unet.py`, `nn/attention.py` | the UNet |\n\n## Next\n| `x.py` | not in the section |\n")
     assert read_layer_table(text) == [["checks.py"], ["nn/unet.py", "nn/attention.py"]]
+
+
+def test_test_modules_do_not_import_each_other():
+    """Shared test helpers live in tests/_*.py modules or conftest.py, never in another test module."""
+    found = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"tests/{path.name}:{node.lineno} imports {name}" for name in names
+                      if name.split(".")[0].startswith("test_")]
+    assert not found, "move what test modules share into a tests/_*.py module: " + "; ".join(found)

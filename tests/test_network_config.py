@@ -74,3 +74,35 @@ def test_a_network_above_the_parameter_cap_is_refused_before_any_memory_is_used(
     monkeypatch.setattr(network_config, "MAX_PARAMETERS", 1000)
     with pytest.raises(ValueError, match="above the cap of 1,000"):
         UNetConfig.from_dict(TINY_UNET.to_dict())
+
+
+def test_classifier_and_judge_configs_share_the_base():
+    from course_lib.nn.classifier import ClassifierConfig, JudgeConfig
+
+    for config in (ClassifierConfig(), JudgeConfig(), SD15_VAE, TINY_UNET):
+        assert type(config).from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"noisy classifier config num_classes=200000 is above the cap of 100000"):
+        ClassifierConfig(num_classes=200_000)
+    # a judge of huge pictures: every key within its cap, but its fc layer has 64 * 2048^2 * 64 weights
+    with pytest.raises(ValueError, match=r"judge config describes a network of [\d,]+ parameters .*set by channels, "
+                                         r"feature_dim, sample_size"):
+        JudgeConfig.from_dict({**JudgeConfig().to_dict(), "sample_size": 8192})
+
+
+def test_the_one_clip_builder_takes_a_config_or_its_dict_and_holds_the_caps():
+    from course_lib.nn.text import build_caption_tokenizer, build_tiny_clip, tiny_clip_config
+
+    config = tiny_clip_config(build_caption_tokenizer(), text_layers=1, vision_layers=1)
+    torch.manual_seed(0)
+    from_config = build_tiny_clip(config)
+    torch.manual_seed(0)
+    from_dict = build_tiny_clip(config.to_dict())  # a checkpoint's JSON
+    assert all(torch.equal(a, b) for a, b in zip(from_config.state_dict().values(), from_dict.state_dict().values()))
+    too_wide = config.to_dict()
+    too_wide["vision_config"]["hidden_size"] = 20_000
+    with pytest.raises(ValueError, match=r"CLIP config vision_config.hidden_size=20000 is above the cap of 16384"):
+        build_tiny_clip(too_wide)
+    too_big = config.to_dict()
+    too_big["text_config"].update(hidden_size=4096, intermediate_size=16384, num_hidden_layers=60)
+    with pytest.raises(ValueError, match=r"CLIP config describes a network of [\d,]+ parameters .*\(MAX_PARAMETERS"):
+        build_tiny_clip(too_big)

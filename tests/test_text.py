@@ -230,8 +230,8 @@ def test_clip_errors(tokenizer, model):
         encode_text(model.text_model, batch["input_ids"].float())
     with pytest.raises(ValueError, match="attention_mask must be a tensor of the same shape as input_ids"):
         encode_text(model.text_model, batch["input_ids"], batch["attention_mask"][:, :5])
-    with pytest.raises(TypeError, match="config must be a transformers.CLIPConfig, got dict"):
-        build_tiny_clip({})
+    with pytest.raises(TypeError, match="config must be a transformers.CLIPConfig or its dict, got list"):
+        build_tiny_clip([])
     with pytest.raises(ValueError, match="text_hidden_size=30 is not divisible by num_heads=4"):
         tiny_clip_config(tokenizer, text_hidden_size=30)
     with pytest.raises(ValueError, match="image_size=64 is not divisible by patch_size=12"):

@@ -23,16 +23,17 @@ Notation (code name -> symbol):
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from course_lib.captions import ATTRIBUTES
-from course_lib.checks import check_floating, check_int_range, check_timesteps
-from course_lib.nn.unet import DownBlock2D, MidBlock2D, TimestepEmbedding, Timesteps
+from ..captions import ATTRIBUTES
+from ..checks import check_floating, check_int_range, check_timesteps
+from .config import NetworkConfig
+from .unet import DownBlock2D, MidBlock2D, TimestepEmbedding, Timesteps
 
 __all__ = [
     "ClassifierConfig",
@@ -58,34 +59,12 @@ def _check_images(x, name: str, channels: int, size: int, hint: str) -> torch.Te
     return x
 
 
-def _config_to_dict(config) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
-
-def _config_from_dict(cls, config: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(config) - names)
-    if unknown:
-        raise ValueError(f"Unknown {cls.__name__} key(s) {unknown}. Known keys: {sorted(names)}. Remove them.")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
-
-
-def _check_positive_ints(config, names) -> None:
-    for name in names:
-        value = getattr(config, name)
-        values = value if isinstance(value, tuple) else (value,)
-        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-            raise ValueError(
-                f"{type(config).__name__}.{name} must be a positive integer (or a non-empty tuple of them), got {value!r}."
-            )
-
-
 # ----------------------------------------------------------------------------------------------
 # The noise-aware classifier p_φ(y | x_t, t), for classifier guidance
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(NetworkConfig):
     """Hyperparameters of :class:`NoisyClassifier`; the defaults are the digits classifier."""
 
     in_channels: int = 1  # channels of x_t
@@ -100,11 +79,14 @@ class ClassifierConfig:
     freq_shift: int = 0  # time embedding frequency shift s
     num_train_timesteps: int = 1000  # T of the schedule the classifier is trained with; t in [0, T - 1]
 
-    def __post_init__(self):
-        if isinstance(self.block_out_channels, list):
-            object.__setattr__(self, "block_out_channels", tuple(self.block_out_channels))
-        _check_positive_ints(self, ("in_channels", "sample_size", "num_classes", "block_out_channels",
-                                    "layers_per_block", "norm_num_groups", "num_train_timesteps"))
+    config_name: ClassVar[str] = "noisy classifier"
+    size_keys: ClassVar[dict[str, str]] = {
+        "in_channels": "width", "sample_size": "width", "num_classes": "classes", "block_out_channels": "width",
+        "layers_per_block": "layers", "norm_num_groups": "width", "num_train_timesteps": "count",
+    }
+    main_size_keys: ClassVar[tuple[str, ...]] = ("block_out_channels", "layers_per_block")
+
+    def _validate(self):
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ValueError(
                 f"ClassifierConfig.norm_num_groups={self.norm_num_groups} must divide every entry of "
@@ -122,13 +104,8 @@ class ClassifierConfig:
         """Width of the time embedding, 4 * C0 as in the UNet."""
         return 4 * self.block_out_channels[0]
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict; ``ClassifierConfig.from_dict(c.to_dict()) == c``."""
-        return _config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "ClassifierConfig":
-        return _config_from_dict(cls, config)
+    def build(self) -> "NoisyClassifier":
+        return NoisyClassifier(self)
 
 
 class NoisyClassifier(nn.Module):
@@ -205,7 +182,7 @@ class NoisyClassifier(nn.Module):
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
+class JudgeConfig(NetworkConfig):
     """Hyperparameters of :class:`JudgeClassifier`; the defaults are the digits judge."""
 
     in_channels: int = 1  # channels of the images
@@ -215,10 +192,14 @@ class JudgeConfig:
     feature_dim: int = 64  # D, width of features(x): the space of the Fréchet distance
     dropout: float = 0.25  # dropout on the features before the head (training only)
 
-    def __post_init__(self):
-        if isinstance(self.channels, list):
-            object.__setattr__(self, "channels", tuple(self.channels))
-        _check_positive_ints(self, ("in_channels", "sample_size", "num_classes", "channels", "feature_dim"))
+    config_name: ClassVar[str] = "judge"
+    size_keys: ClassVar[dict[str, str]] = {
+        "in_channels": "width", "sample_size": "width", "num_classes": "classes", "channels": "width",
+        "feature_dim": "width",
+    }
+    main_size_keys: ClassVar[tuple[str, ...]] = ("channels", "feature_dim", "sample_size")
+
+    def _validate(self):
         factor = 2 ** len(self.channels)
         if self.sample_size % factor:
             raise ValueError(
@@ -228,13 +209,8 @@ class JudgeConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"JudgeConfig.dropout must be in [0, 1), got {self.dropout}.")
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict; ``JudgeConfig.from_dict(c.to_dict()) == c``."""
-        return _config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "JudgeConfig":
-        return _config_from_dict(cls, config)
+    def build(self) -> "JudgeClassifier":
+        return JudgeClassifier(self)
 
 
 class JudgeClassifier(nn.Module):

@@ -44,8 +44,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from course_lib.captions import COLORS, POSITIONS, SHAPES, SIZES, shape_caption
-from course_lib.checks import check_floating, check_int_range
+from ..captions import COLORS, POSITIONS, SHAPES, SIZES, shape_caption
+from ..checks import check_floating, check_int_range
+from .config import MAX_LAYERS, MAX_WIDTH, check_parameter_cap
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -308,16 +309,44 @@ def tiny_clip_config(tokenizer, *, text_hidden_size: int = 64, text_layers: int 
                       logit_scale_init_value=logit_scale_init_value)
 
 
+# the sizes of a CLIP config held to the caps of course_lib.nn.config: (tower, key, cap)
+_CLIP_SIZE_KEYS = [(tower, key, cap) for tower in ("text_config", "vision_config")
+                   for key, cap in (("hidden_size", MAX_WIDTH), ("intermediate_size", 4 * MAX_WIDTH),
+                                    ("num_hidden_layers", 4 * MAX_LAYERS), ("num_attention_heads", MAX_WIDTH))]
+_CLIP_SIZE_KEYS += [("text_config", "vocab_size", 1_000_000), ("text_config", "max_position_embeddings", MAX_WIDTH),
+                    ("vision_config", "image_size", MAX_WIDTH), (None, "projection_dim", MAX_WIDTH)]
+
+
 def build_tiny_clip(config):
     """A freshly initialised ``transformers.CLIPModel`` (seed torch first for repeatable weights).
 
+    The one builder of the course's CLIP, from a ``CLIPConfig`` (``tiny_clip_config``) or from its
+    dict (a checkpoint's JSON). Sizes are held to the caps of ``course_lib.nn.config``: widths to
+    MAX_WIDTH (the MLPs to 4 x MAX_WIDTH), layers per tower to 4 x MAX_LAYERS, and the whole model
+    to MAX_PARAMETERS, counted on the meta device before any memory is used.
     ``model.text_model`` is a ``CLIPTextModel``: the text encoder the UNet is conditioned on.
+
+    :param config: a ``transformers.CLIPConfig`` or a dict of one (``CLIPConfig.to_dict()``)
     """
     from transformers import CLIPConfig, CLIPModel
 
+    if isinstance(config, dict):
+        config = CLIPConfig.from_dict(config)
     if not isinstance(config, CLIPConfig):
-        raise TypeError(f"config must be a transformers.CLIPConfig, got {type(config).__name__}. "
+        raise TypeError(f"config must be a transformers.CLIPConfig or its dict, got {type(config).__name__}. "
                         f"Make one with tiny_clip_config(tokenizer).")
+    for tower, key, cap in _CLIP_SIZE_KEYS:
+        value = getattr(getattr(config, tower) if tower else config, key)
+        name = f"{tower}.{key}" if tower else key
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"CLIP config {name} must be a positive integer, got {value!r}.")
+        if value > cap:
+            raise ValueError(f"CLIP config {name}={value} is above the cap of {cap} (course_lib/nn/config.py's caps): "
+                             f"the course's CLIP is far smaller. Lower it.")
+    with torch.device("meta"):
+        count = sum(p.numel() for p in CLIPModel(config).parameters())
+    check_parameter_cap(count, "CLIP config", ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                               "vocab_size"))
     return CLIPModel(config)
 
 
