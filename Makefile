@@ -9,6 +9,7 @@
 #           or TORCH=torch to take whatever build pip picks for your platform.
 #   VENV    where the virtual environment lives (default .venv)
 #   APP_PORT  the port of  make app  (default 8866)
+#   LAB_ARGS  more options for JupyterLab, e.g.  make lab LAB_ARGS="--no-browser --port=8899"
 #   STUDENT_DIR, NBGRADER_DIR  where  make student  and  make nbgrader-source  write (student, course)
 #   LANG    the course's language for  make lab  and  make app: en (default) or zh, the lessons of
 #           notebooks/zh with JupyterLab's own menus in Chinese:  make lab LANG=zh  (or COURSE_LANG=zh)
@@ -50,8 +51,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
 	@touch $@
 
+# JupyterLab refuses to start as root ("Running as root is not recommended"), which is how containers,
+# lab machines and cloud notebooks run it: there make lab passes --allow-root and says so. (Voila has
+# no such check.) LAB_ARGS adds options, e.g. make lab LAB_ARGS="--no-browser --port=8899".
+IS_ROOT := $(filter 0,$(shell id -u 2>/dev/null))
+LAB_ARGS ?=
+
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=$(LESSONS_DIR) $(LAB_LANGUAGE)
+	@$(if $(IS_ROOT),echo "Running as root (a container or a lab machine?): starting JupyterLab with --allow-root.",true)
+	$(BIN)/jupyter lab --notebook-dir=$(LESSONS_DIR) $(LAB_LANGUAGE) $(if $(IS_ROOT),--allow-root) $(LAB_ARGS)
 
 # The guidance explorer of lesson 08 as a web page (Voila: the widgets, no code), on the course's
 # mini-SD; on Stable Diffusion v1.5 when COURSE_SD_PATH names a folder with its weights.

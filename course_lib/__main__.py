@@ -1,25 +1,30 @@
 """The command line: ``python -m course_lib info | train | generate``.
 
     python -m course_lib info                       # versions, device, checkpoints present
-    python -m course_lib train digits-ddpm [--out PATH] [--resume] [--steps N] [--device auto|cpu|cuda]
-        [--threads N] [--checkpoint-dir DIR]
+    python -m course_lib train digits-ddpm [--out PATH] [--resume | --overwrite] [--steps N]
+        [--device auto|cpu|cuda] [--threads N] [--checkpoint-dir DIR]      # default output: runs/digits-ddpm
     python -m course_lib generate --model digits [--label L] [--guidance none|cfg|classifier]
         [--guidance-scale S] [--steps 50] [--sampler ddim] [--seed 0] [--num-images 16] [--device auto]
-        (--out grid.png | --out-dir DIR)
+        [--threads N] (--out grid.png | --out-dir DIR)
     python -m course_lib generate --model mini-sd --prompt "a large red circle in the center"
         [--negative-prompt TEXT] [--guidance-scale 7.5] [--steps 50] [--sampler ddim|ddpm|euler|dpmsolver]
-        [--seed 0] [--num-images 16] [--height 64 --width 64] [--device auto] (--out grid.png | --out-dir DIR)
+        [--seed 0] [--num-images 16] [--height 64 --width 64] [--device auto] [--threads N]
+        (--out grid.png | --out-dir DIR)
 
-Errors in the arguments print one message (no traceback) and exit with status 1.
+Every error prints one line, ``error: <path>: <what is wrong> — <what to do>`` (no path part when
+no file is concerned), and exits with status 1, without a traceback: bad arguments, missing,
+truncated or corrupt files, invalid JSON, an output that cannot be written, a full disk. Output
+paths are checked before any model loads. Ctrl-C exits with status 130 (train saves first).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
-import json
 import os
 import platform
+import re
 import shlex
 import sys
 import warnings
@@ -28,13 +33,19 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checks import check_choice, check_int_range, check_number
+from .checkpoints import read_config
+from .checks import check_choice, check_int_range, check_number, check_output_file, check_output_folder
+from .files import atomic_write
 from .guidance import cfg_denoiser, classifier_guided_denoiser
+from .limits import check_sampling_request
+from .nn.unet import UNetConfig
+from .nn.vae import VAEConfig
+from .pipeline import StableDiffusion
 from .pretrained import available_checkpoints, checkpoint_dir, load_course_model
-from .samplers import SAMPLER_NAMES, make_sampler, randn_tensor, sample_loop
-from .schedules import make_schedule
 from .recipes import RECIPES
 from .runtime import resolve_device
+from .samplers import SAMPLER_NAMES, make_sampler, randn_tensor, sample_loop
+from .schedules import make_schedule
 from .train import train
 from .viz import grid_image, to_pil
 
@@ -52,6 +63,11 @@ NEEDED_CHECKPOINTS = {
 DEFAULT_GUIDANCE_SCALE = {"cfg": 3.0, "classifier": 5.0}
 MINI_SD_GUIDANCE_SCALE = 7.5  # Stable Diffusion's usual guidance_scale
 DISPLAY_SIZE = 64  # small images are enlarged (nearest neighbour) to at least this many pixels
+# image files --out may name (what PIL writes); --out-dir writes PNGs
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# generate's default --threads: measured on a 2-core CPU (README, "The command line")
+GENERATE_THREADS = 1
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes 0 .. 2^64 - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,12 +106,12 @@ def run_info(args) -> int:
     names = available_checkpoints(folder)
     for name in names:
         try:
-            config = json.loads((folder / f"{name}.json").read_text())
+            config = read_config(folder / f"{name}.json")
             loss = (config.get("metrics") or {}).get("loss_last_100_steps")
             details = f"step {config.get('step')}, {config.get('train_time_s')} s" + (
                 f", loss {loss:.4f}" if isinstance(loss, float) else "")
-        except (OSError, ValueError):
-            details = "unreadable JSON"
+        except ValueError as error:
+            details = f"unreadable: {error}"
         lines.append(f"  {name:<20} {details}")
     missing = sorted(set(RECIPES) - set(names))
     if missing:
@@ -113,15 +129,15 @@ def run_train(args, argv: list[str]) -> int:
     check_choice(args.recipe, list(RECIPES), "recipe")
     if args.threads is not None:
         # On a shared or small CPU, one or two threads are often faster than torch's default.
-        torch.set_num_threads(check_int_range(args.threads, "--threads", 1))
+        torch.set_num_threads(check_int_range(args.threads, "--threads", 1, 1024))
     out = args.out
     if out is None and args.checkpoint_dir:
         out = Path(args.checkpoint_dir) / args.recipe
     # under torchrun (several processes, DistributedDataParallel), every process runs this function
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     launcher = f"torchrun --nproc_per_node={processes} -m course_lib " if processes > 1 else "python -m course_lib "
-    result = train(args.recipe, out=out, steps=args.steps, resume=args.resume, device=args.device,
-                   progress=not args.no_progress, command=launcher + shlex.join(argv))
+    result = train(args.recipe, out=out, steps=args.steps, resume=args.resume, overwrite=args.overwrite,
+                   device=args.device, progress=not args.no_progress, command=launcher + shlex.join(argv))
     if int(os.environ.get("RANK", "0")) == 0:
         loss = result.config["metrics"]["loss_last_100_steps"]
         print(f"{args.recipe}: step {result.step}, loss (last 100 steps) {loss:.4f}, "
@@ -144,7 +160,14 @@ def _check_generate_args(args) -> None:
     check_choice(args.sampler, SAMPLER_NAMES, "sampler")
     check_int_range(args.steps, "--steps", 1, 1000, hint="Use 20 to 50 sampling steps.")
     check_int_range(args.num_images, "--num-images", 1, 1024)
-    check_int_range(args.seed, "--seed", 0)
+    check_int_range(args.seed, "--seed", 0, SEED_MAX, hint="A seed is a whole number from 0 to 2^64 - 1.")
+    if args.threads is not None:
+        check_int_range(args.threads, "--threads", 1, 1024)
+    # the output first: a path that cannot be written fails now, not after the sampling
+    if args.out is not None:
+        check_output_file(args.out, IMAGE_SUFFIXES)
+    else:
+        check_output_folder(args.out_dir, create=True)
     if args.guidance_scale is not None:
         check_number(args.guidance_scale, "--guidance-scale", minimum=0.0,
                      hint="Guidance scales are 0 or more: 1 means no classifier-free guidance, 0 no classifier guidance.")
@@ -187,24 +210,27 @@ def _check_mini_sd_args(args) -> None:
             check_int_range(value, name, 8, 4096, hint="The mini Stable Diffusion was trained on 64x64 images.")
 
 
+def _save_image(image, path: Path) -> None:
+    """Write a PIL image atomically: a file that is there is complete (the format from the name's suffix)."""
+    image_format = {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        path.suffix.lower(), path.suffix[1:].upper())
+    atomic_write(path, lambda temporary: image.save(temporary, format=image_format))
+
+
 def _save_images(args, images: torch.Tensor, scale: int) -> Path:
     """Write (N, C, H, W) images in [-1, 1] as one grid (--out) or one PNG each (--out-dir); return the path."""
     if args.out is not None:
         path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid_image(images, scale=scale).save(path)
+        _save_image(grid_image(images, scale=scale), path)
         return path
     folder = Path(args.out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     for index, image in enumerate(images):
-        to_pil(image, scale=scale).save(folder / f"{index:03d}.png")
+        _save_image(to_pil(image, scale=scale), folder / f"{index:03d}.png")
     return folder
 
 
 def _generate_mini_sd(args, device: torch.device) -> int:
     """--model mini-sd: the course's StableDiffusion pipeline (lesson 08) on the mini SD checkpoints."""
-    from .pipeline import StableDiffusion
-
     pipe = StableDiffusion.from_course("mini-sd", directory=args.checkpoint_dir, device=device)
     pipe.set_progress_bar_config(disable=args.no_progress)
     if args.guidance == "none":
@@ -256,9 +282,31 @@ def _digits_denoiser(args, model, config, sampler, labels, device):
     return classifier_guided_denoiser(model, classifier, labels, scale, sampler), scale
 
 
+def _check_resources(args, device: torch.device) -> None:
+    """Refuse at once a request over course_lib.limits' caps, from the checkpoints' JSON alone (no model loaded)."""
+    folder = Path(args.checkpoint_dir) if args.checkpoint_dir else checkpoint_dir()
+    names = NEEDED_CHECKPOINTS[(args.model, args.guidance)]
+    unet_name = "shapes-ldm" if args.model == "mini-sd" else names[0]
+    unet_json, vae_json = folder / f"{unet_name}.json", folder / "shapes-vae.json"
+    if not unet_json.is_file() or (args.model == "mini-sd" and not vae_json.is_file()):
+        return  # loading names the missing files and how to make them
+    try:
+        unet = UNetConfig.from_dict(read_config(unet_json).get("network_config"))
+        vae = VAEConfig.from_dict(read_config(vae_json).get("network_config")) if args.model == "mini-sd" else None
+    except (ValueError, TypeError):
+        return  # loading refuses these files, naming them
+    factor = vae.downsample_factor if vae is not None else 1
+    size = unet.sample_size if isinstance(unet.sample_size, int) else unet.sample_size[0]
+    check_sampling_request(unet, vae, height=args.height or size * factor, width=args.width or size * factor,
+                           batch_size=args.num_images, guidance=args.guidance != "none", device=device)
+
+
 def run_generate(args) -> int:
     _check_generate_args(args)
+    # Sampling small models on a small CPU: one thread beat torch's default there (GENERATE_THREADS).
+    torch.set_num_threads(GENERATE_THREADS if args.threads is None else args.threads)
     device = resolve_device(args.device)
+    _check_resources(args, device)
     if args.model == "mini-sd":
         return _generate_mini_sd(args, device)
     name = NEEDED_CHECKPOINTS[(args.model, args.guidance)][0]
@@ -296,8 +344,15 @@ def run_generate(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's one-line errors (exit status 2, as argparse's own)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} — see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_lib", description="Stable Diffusion course: tools.")
+    parser = _Parser(prog="python -m course_lib", description="Stable Diffusion course: tools.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{info,train,generate}")
     folder_help = "folder of the checkpoints (default: $COURSE_CHECKPOINT_DIR or data/checkpoints)"
 
@@ -306,12 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train", help="train a recipe's model and save its checkpoint")
     train_parser.add_argument("recipe", help=f"one of: {', '.join(RECIPES)}")
-    train_parser.add_argument("--out", help="checkpoint path (default: <checkpoint dir>/<recipe>.safetensors)")
-    train_parser.add_argument("--resume", action="store_true", help="continue from the checkpoint's training state")
+    train_parser.add_argument("--out", help="checkpoint path X, writes X.safetensors, X.json, X.state.* "
+                                             "(default: runs/<recipe>, git-ignored)")
+    train_parser.add_argument("--resume", action="store_true", help="continue the checkpoint at --out")
+    train_parser.add_argument("--overwrite", action="store_true",
+                              help="start again where a checkpoint is (without it, that is refused)")
     train_parser.add_argument("--steps", type=int, help="total steps to reach (default: the recipe's)")
     train_parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     train_parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    train_parser.add_argument("--checkpoint-dir", help=folder_help)
+    train_parser.add_argument("--checkpoint-dir", help="write to DIR/<recipe> (as --out DIR/<recipe>)")
     train_parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     generate = commands.add_parser("generate", help="sample images from a course model")
@@ -332,15 +390,62 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default: 0)")
     generate.add_argument("--num-images", type=int, default=16, help="how many images (default: 16)")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
-    generate.add_argument("--out", help="write all images as one grid PNG")
+    generate.add_argument("--threads", type=int,
+                          help=f"CPU threads for torch (default: {GENERATE_THREADS}, measured fastest for the "
+                               f"course's small models on a 2-core CPU)")
+    generate.add_argument("--out", help=f"write all images as one grid image ({', '.join(IMAGE_SUFFIXES)})")
     generate.add_argument("--out-dir", help="write one PNG per image: DIR/000.png, DIR/001.png, ...")
     generate.add_argument("--checkpoint-dir", help=folder_help)
     generate.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
+def _os_error_fix(error: OSError, command: str) -> str:
+    """What to do about an operating-system error (a full disk, a missing permission, ...)."""
+    then = " then continue with --resume" if command == "train" else ""
+    fixes = {
+        errno.ENOSPC: f"free some space on that disk or write elsewhere (--out),{then}".rstrip(","),
+        errno.EDQUOT: f"free some space within your quota or write elsewhere (--out),{then}".rstrip(","),
+        errno.EACCES: "choose a path you can write to (--out), or change its permissions",
+        errno.EPERM: "choose a path you can write to (--out), or change its permissions",
+        errno.EROFS: "that file system is read-only: choose another path (--out)",
+        errno.ENOENT: "check the path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: check the path",
+        errno.EISDIR: "that is a folder: give a file name",
+    }
+    return fixes.get(error.errno, "check the path and the disk, then try again")
+
+
+def _what_and_fix(message: str, command: str) -> str:
+    """"<what is wrong> — <what to do>": a message of the form "What. Fix." split at its first sentence."""
+    message = " ".join(message.split())  # one line
+    if " — " in message:
+        return message
+    parts = re.split(r"(?<=[^.\s])\.\s+(?=[A-Z(`'\"-])", message, maxsplit=1)
+    if len(parts) == 2:
+        fix = parts[1][0].lower() + parts[1][1:] if parts[1][1:2].islower() else parts[1]
+        return f"{parts[0]} — {fix}"
+    return f"{message.rstrip('.')} — see python -m course_lib {command} --help"
+
+
+def _report(error: BaseException, command: str) -> str:
+    """The one line printed for an error: ``error: <path>: <what is wrong> — <what to do>``."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return (f"error: out of memory ({str(error).splitlines()[0] if str(error) else 'MemoryError'}) — ask for "
+                f"fewer or smaller images (--num-images, --height, --width), or use another device")
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        what = error.strerror or str(error)
+        return f"error: {where}{what} — {_os_error_fix(error, command)}"
+    return f"error: {_what_and_fix(str(error), command)}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit status (0 ok, 1 bad arguments, 130 interrupted)."""
+    """Run the command line; return the exit status (0 ok, 1 an error, 130 interrupted).
+
+    Every error is one line without a traceback (set COURSE_DEBUG=1 to see the traceback of an
+    unexpected one, a bug in course_lib).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -349,12 +454,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             return run_train(args, argv)
         return run_generate(args)
-    except (ValueError, TypeError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, MemoryError, torch.OutOfMemoryError) as error:
+        print(_report(error, args.command), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: say so in one line, keep the traceback for whoever asks
+        if os.environ.get("COURSE_DEBUG"):
+            raise
+        print(f"error: internal error ({type(error).__name__}: {error}) — this is a bug in course_lib; run again "
+              f"with COURSE_DEBUG=1 for the traceback and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

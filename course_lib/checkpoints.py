@@ -298,21 +298,33 @@ def _write_and_count(data: bytes):
 
 
 def _commit(base: Path, files: dict[Path, bytes | None]) -> None:
-    """Replace ``files`` (path -> new content; None deletes it) as one unit; the caller holds the lock."""
+    """Replace ``files`` (path -> new content; None deletes it) as one unit; the caller holds the lock.
+
+    An OSError before the commit point (a full disk) is raised again naming the checkpoint, saying
+    that the previous one is intact.
+    """
     folder = base.parent
     entries = []
-    for index, (target, data) in enumerate(files.items()):
-        relative = target.relative_to(folder).as_posix()
-        if data is None:
-            entries.append({"target": relative, "pending": None})
-            continue
-        target.parent.mkdir(exist_ok=True)  # a companion folder (shapes-tokenizer/)
-        pending = _pending_path(base, index)
-        atomic_write(pending, _write_and_count(data))
-        _file_operation_done()
-        entries.append({"target": relative, "pending": pending.name, "sha256": hashlib.sha256(data).hexdigest()})
-    journal = json.dumps({"format": COMMIT_FORMAT, "files": entries}, indent=1) + "\n"
-    atomic_write(_journal_path(base), _write_and_count(journal.encode()))  # the commit point
+    try:
+        for index, (target, data) in enumerate(files.items()):
+            relative = target.relative_to(folder).as_posix()
+            if data is None:
+                entries.append({"target": relative, "pending": None})
+                continue
+            target.parent.mkdir(exist_ok=True)  # a companion folder (shapes-tokenizer/)
+            pending = _pending_path(base, index)
+            atomic_write(pending, _write_and_count(data))
+            _file_operation_done()
+            entries.append({"target": relative, "pending": pending.name, "sha256": hashlib.sha256(data).hexdigest()})
+        journal = json.dumps({"format": COMMIT_FORMAT, "files": entries}, indent=1) + "\n"
+        atomic_write(_journal_path(base), _write_and_count(journal.encode()))  # the commit point
+    except OSError as error:
+        for entry in entries:  # what this save wrote so far (the next writer would delete it too)
+            if entry["pending"] is not None:
+                with contextlib.suppress(OSError):
+                    (folder / entry["pending"]).unlink()
+        raise OSError(error.errno, f"{error.strerror or error} while saving the checkpoint (the one before is "
+                                   f"intact)", str(base.with_name(base.name + ".safetensors"))) from error
     _file_operation_done()
     _roll_forward(base, {"files": entries})
 

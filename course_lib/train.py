@@ -145,6 +145,7 @@ class _Run:
             self.loss_fn = torch.nn.parallel.DistributedDataParallel(self.loss_fn)
         self.done, self.losses, self.train_time = 0, [], 0.0
         self.clock = time.perf_counter()  # training time is counted from here to each save
+        self.updating = False  # inside optimizer.step(): weights and moments are half of step done + 1
 
     def resume(self) -> None:
         """Restore weights, AdamW moments, loss history and step from the checkpoint's training state."""
@@ -190,9 +191,11 @@ class _Run:
         loss.backward()
         if recipe.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
+        self.updating = True
         self.optimizer.step()
         self.losses.append(value)
         self.done = step + 1
+        self.updating = False
         return stop
 
     def save(self) -> dict | None:
@@ -278,23 +281,27 @@ def _fit(run: _Run, progress: bool) -> dict | None:
                         run.save()
                 return run.save() if run.done > start or not checkpoint_exists(run.base) else None
             except KeyboardInterrupt:
-                if run.processes.world_size > 1 and not agreed:
-                    raise  # not agreed by all processes: saving would wait for the others forever
                 bar.close()
+                if (run.processes.world_size > 1 and not agreed) or run.updating:
+                    # not agreed by all processes (saving would wait for the others forever), or a second
+                    # Ctrl-C inside optimizer.step() (the weights are half updated): the last checkpoint stays
+                    _say_interrupted(run, saved=False)
+                    raise
                 run.save()  # a second Ctrl-C cuts it short: the checkpoint before it stays whole
-                _say_interrupted(run)
+                _say_interrupted(run, saved=True)
                 raise
     finally:
         bar.close()
 
 
-def _say_interrupted(run: _Run) -> None:
+def _say_interrupted(run: _Run, saved: bool) -> None:
     if run.processes.rank != 0:
         return
     launcher = "python" if run.processes.world_size == 1 else f"torchrun --nproc_per_node={run.processes.world_size}"
-    print(f"\nInterrupted: saved step {run.done} of {run.steps} to {checkpoint_paths(run.base)['weights']}. Continue "
-          f"with resume=True ({launcher} -m course_lib train {run.recipe.name} --out {run.base} --resume).",
-          file=sys.stderr)
+    what = (f"saved step {run.done} of {run.steps} to {checkpoint_paths(run.base)['weights']}" if saved else
+            f"stopped in the middle of step {run.done + 1} of {run.steps}, not saved; the last checkpoint stays")
+    print(f"\nInterrupted: {what}. Continue with resume=True ({launcher} -m course_lib train {run.recipe.name} "
+          f"--out {run.base} --resume).", file=sys.stderr)
 
 
 def train(

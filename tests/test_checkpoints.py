@@ -15,6 +15,8 @@ from course_lib.checkpoints import (CheckpointError, TrainingState, check_state_
                                     checkpoint_paths, load_checkpoint, load_training_state, optimizer_from_tensors,
                                     optimizer_to_tensors, read_config, save_checkpoint, writing)
 
+from _processes import exit_status, fork
+
 CONFIG = {"network": "Linear", "network_config": {"width": 3}, "schedule": {"kind": "linear", "beta_end": 0.02},
           "step": 4, "description": "a test"}
 
@@ -69,22 +71,6 @@ def test_a_save_without_training_state_removes_the_old_one(tmp_path):
         load_training_state(tmp_path / "m")
 
 
-def _in_child(function, fault_at=None) -> int:
-    """Run ``function`` in a forked child (its saves exit at file operation ``fault_at``); return its exit status."""
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        status = 0
-        try:
-            checkpoints._operations = 0
-            if fault_at is not None:
-                os.environ[checkpoints.FAULT_ENVIRONMENT_VARIABLE] = str(fault_at)
-            function()
-        except BaseException:
-            status = 1
-        os._exit(status)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
 @pytest.mark.slow
 def test_a_save_killed_at_any_file_operation_leaves_the_old_or_the_new_checkpoint(tmp_path):
     # a first save, then a second save killed at its 1st, 2nd, ... file operation, until one completes
@@ -93,7 +79,7 @@ def test_a_save_killed_at_any_file_operation_leaves_the_old_or_the_new_checkpoin
         folder = tmp_path / str(fault_at)
         folder.mkdir()
         _save(folder / "m", 1.0)
-        status = _in_child(lambda: _save(folder / "m", 2.0), fault_at)
+        status = exit_status(fork(lambda: _save(folder / "m", 2.0), fault_at))
         seen = _snapshot(folder / "m")  # a reader, before any writer cleaned up
         if status == 0:
             break
@@ -114,7 +100,7 @@ def test_a_save_killed_at_any_file_operation_leaves_the_old_or_the_new_checkpoin
 def test_a_reader_sees_a_committed_save_before_its_renames(tmp_path):
     _save(tmp_path / "m", 1.0)
     # killed right after the journal's rename (operation 12): nothing renamed onto the targets yet
-    assert _in_child(lambda: _save(tmp_path / "m", 2.0), fault_at=12) == checkpoints.FAULT_EXIT_STATUS
+    assert exit_status(fork(lambda: _save(tmp_path / "m", 2.0), fault_at=12)) == checkpoints.FAULT_EXIT_STATUS
     assert json.loads((tmp_path / "m.json").read_text())["step"] == 1  # the old file on disk ...
     assert read_config(tmp_path / "m.json")["step"] == 2  # ... but readers see the committed one
     assert _snapshot(tmp_path / "m") == 2

@@ -1,5 +1,6 @@
 """Tests of the command line, python -m course_lib: info, train, generate, and its error messages."""
 
+import errno
 import json
 import os
 import re
@@ -147,7 +148,8 @@ def test_errors_print_a_message_and_exit_non_zero(capsys, tmp_path, argv, messag
         argv = argv + ["--out", str(tmp_path / "g.png"), "--checkpoint-dir", str(tmp_path)]
     status, _, err = _run(capsys, *argv)
     assert status == 1
-    assert err.startswith("error: ") and "Traceback" not in err
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1
+    assert " — " in err  # <what is wrong> — <what to do>
     assert re.search(message, err), err
 
 
@@ -191,12 +193,15 @@ def test_missing_checkpoint_names_the_train_command(capsys, tmp_path):
     assert status == 1 and "python -m course_lib train digits-ddpm" in err and "Traceback" not in err
 
 
-def test_argparse_errors_exit_with_usage(capsys):
+def test_argparse_errors_are_one_line_with_status_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--steps", "many"])
-    assert exit_info.value.code == 2 and "invalid int value: 'many'" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: argument --steps: invalid int value: 'many' — see python -m course_lib "
+                                       "generate --help\n")
 
 
+@pytest.mark.slow
 def test_as_a_real_process(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), COURSE_CHECKPOINT_DIR=str(tmp_path))
     info = subprocess.run([sys.executable, "-m", "course_lib", "info"], capture_output=True, text=True, env=env,
@@ -276,3 +281,149 @@ def test_generate_mini_sd_pipeline_errors_print_a_message(capsys, mini_sd_folder
     status, _, err = _run(capsys, "generate", "--model", "mini-sd", "--prompt", "a red circle", "--height", "18",
                           "--checkpoint-dir", str(mini_sd_folder), "--device", "cpu", "--out", str(tmp_path / "g.png"))
     assert status == 1 and err.startswith("error: height must be a multiple of 4, got 18") and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing overwritten silently, outputs checked first, every error one line that names the file
+
+
+def _one_line_error(status, err):
+    assert status == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert err.count("\n") == 1, err  # one line
+    return err
+
+
+def test_train_refuses_to_replace_a_checkpoint_without_resume_or_overwrite(capsys, tmp_path):
+    common = ["train", "tiny-ddpm", "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"]
+    assert _run(capsys, *common, "--steps", "2")[0] == 0
+    before = (tmp_path / "run.safetensors").read_bytes()
+    err = _one_line_error(*_run(capsys, *common)[::2])
+    assert f"error: {tmp_path / 'run.safetensors'}: a checkpoint is here already" in err
+    assert "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "run.safetensors").read_bytes() == before
+    assert _run(capsys, *common, "--overwrite")[0] == 0
+    assert json.loads((tmp_path / "run.json").read_text())["step"] == 4
+    err = _one_line_error(*_run(capsys, *common, "--resume", "--overwrite")[::2])
+    assert "resume and overwrite exclude each other" in err
+
+
+def test_train_writes_to_runs_by_default(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_RUNS_DIR", str(tmp_path / "runs"))
+    status, out, _ = _run(capsys, "train", "tiny-ddpm", "--steps", "1", "--no-progress", "--device", "cpu")
+    assert status == 0 and f"wrote {tmp_path / 'runs' / 'tiny-ddpm.safetensors'}" in out
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda t: ["generate", "--out", str(t / "missing" / "g.png")], r"missing: this folder does not exist — create it"),
+    (lambda t: ["generate", "--out", str(t / "file.txt" / "g.png")], r"file.txt: is a file, not a folder"),
+    (lambda t: ["generate", "--out", str(t / "g.gif89")], r"g.gif89: unknown file type '.gif89' — end the name with one "
+                                                          r"of .png, .jpg"),
+    (lambda t: ["generate", "--out", str(t / "grid")], r"grid: unknown file type '\(no extension\)'"),
+    (lambda t: ["generate", "--out", str(t / "folder.png")], r"folder.png: is a folder, not a file"),
+    (lambda t: ["generate", "--out-dir", str(t / "file.txt")], r"file.txt: is a file, not a folder"),
+    (lambda t: ["generate", "--out-dir", str(t / "missing" / "deeper")], r"deeper: this folder does not exist"),
+    (lambda t: ["train", "tiny-ddpm", "--out", str(t / "file.txt" / "run")], r"file.txt: is a file, not a folder"),
+    (lambda t: ["train", "tiny-ddpm", "--out", str(t / "missing" / "run")], r"missing: this folder does not exist"),
+])
+def test_an_output_that_cannot_be_written_fails_before_any_model_loads(capsys, tmp_path, make_argv, message):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "folder.png").mkdir()
+    # no checkpoint in --checkpoint-dir: an error about the output proves it came first
+    status, _, err = _run(capsys, *make_argv(tmp_path), "--no-progress", "--device", "cpu",
+                          *(["--checkpoint-dir", str(tmp_path / "empty")] if make_argv(tmp_path)[0] == "generate" else []))
+    assert re.search(message, _one_line_error(status, err)), err
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_bytes(path.read_bytes()[:1000]), r"digits-ddpm.safetensors: is not a readable safetensors "
+                                                              r"file .* truncated or corrupt — "),
+    (lambda path: path.write_bytes(b"\x80\x04\x95" + bytes(100)), r"digits-ddpm.safetensors: is a pickle"),
+    (lambda path: path.with_suffix(".json").write_text("{oops"), r"digits-ddpm.json: is not valid JSON"),
+    (lambda path: path.unlink(), r"checkpoint 'digits-ddpm' not found: digits-ddpm.safetensors missing"),
+    (lambda path: path.with_suffix(".json").write_text(path.with_suffix(".json").read_text().replace(
+        '"beta_end": 0.02', '"beta_end": 0.03')), r"digits-ddpm.json: says schedule.beta_end = 0.03, but "
+                                                  r"digits-ddpm.safetensors was saved with schedule.beta_end = 0.02"),
+])
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(capsys, digits_folder, tmp_path, damage, message):
+    damage(digits_folder / "digits-ddpm.safetensors")
+    status, _, err = _run(capsys, "generate", "--checkpoint-dir", str(digits_folder), "--out", str(tmp_path / "g.png"),
+                          "--steps", "1", "--num-images", "1", "--device", "cpu", "--no-progress")
+    assert re.search(message, _one_line_error(status, err)), err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_a_full_disk_while_training_says_what_to_do(capsys, tmp_path, monkeypatch):
+    from course_lib import checkpoints
+
+    def full_disk(data):
+        def write(temporary):
+            raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+        return write
+
+    monkeypatch.setattr(checkpoints, "_write_and_count", full_disk)
+    status, _, err = _run(capsys, "train", "tiny-ddpm", "--out", str(tmp_path / "run"), "--no-progress", "--device",
+                          "cpu")
+    assert _one_line_error(status, err) == (
+        f"error: {tmp_path / 'run.safetensors'}: No space left on device while saving the checkpoint (the one before "
+        f"is intact) — free some space on that disk or write elsewhere (--out), then continue with --resume\n")
+
+
+@pytest.mark.parametrize("seed, ok", [("-1", False), (str(2**64), False), ("99999999999999999999999", False),
+                                      (str(2**64 - 1), True), ("0", True)])
+def test_seeds_outside_0_to_2_64_are_refused(capsys, digits_folder, tmp_path, seed, ok):
+    status, _, err = _run(capsys, "generate", "--seed", seed, "--checkpoint-dir", str(digits_folder), "--steps", "1",
+                          "--num-images", "1", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "g.png"))
+    if ok:
+        assert status == 0, err
+    else:
+        assert "--seed must be between 0 and 18446744073709551615" in _one_line_error(status, err)
+
+
+def test_generate_threads(capsys, digits_folder, tmp_path):
+    common = ["generate", "--checkpoint-dir", str(digits_folder), "--steps", "1", "--num-images", "1", "--device",
+              "cpu", "--no-progress", "--out", str(tmp_path / "g.png")]
+    assert _run(capsys, *common, "--threads", "2")[0] == 0 and torch.get_num_threads() == 2
+    assert _run(capsys, *common)[0] == 0 and torch.get_num_threads() == 1  # the default, measured (README)
+    assert "--threads must be between 1 and 1024, got 0" in _one_line_error(*_run(capsys, *common, "--threads", "0")[::2])
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(capsys, monkeypatch):
+    from course_lib import __main__ as cli
+
+    monkeypatch.setattr(cli, "run_info", lambda args: 1 / 0)
+    err = _one_line_error(*_run(capsys, "info")[::2])
+    assert err.startswith("error: internal error (ZeroDivisionError: division by zero) — this is a bug in course_lib")
+    monkeypatch.setenv("COURSE_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["info"])
+
+
+def test_a_request_over_the_memory_caps_is_refused_before_any_model_loads(capsys, mini_sd_folder, digits_folder,
+                                                                         tmp_path, monkeypatch):
+    from course_lib import __main__ as cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the request was checked")
+
+    monkeypatch.setattr(cli.StableDiffusion, "from_course", never)
+    monkeypatch.setattr(cli, "load_course_model", never)
+    err = _one_line_error(*_run(capsys, "generate", "--model", "mini-sd", "--prompt", "a red circle", "--height",
+                                "4096", "--width", "4096", "--checkpoint-dir", str(mini_sd_folder), "--out",
+                                str(tmp_path / "g.png"))[::2])
+    assert re.search(r"error: 4096x4096 pixels are \d+ latent positions per image, over the cap of 16384", err)
+    assert "— use a smaller height and width" in err
+    monkeypatch.setenv("COURSE_MAX_MEMORY_GB", "0.01")
+    err = _one_line_error(*_run(capsys, "generate", "--num-images", "1024", "--checkpoint-dir", str(digits_folder),
+                                "--out", str(tmp_path / "g.png"))[::2])
+    assert "error: Sampling 1024 image(s) of 16x16 pixels needs about" in err and "over the cap of 0.01 GiB" in err
+
+
+def test_messages_become_what_is_wrong_and_what_to_do():
+    from course_lib.__main__ import _what_and_fix
+
+    assert _what_and_fix("--steps must be between 1 and 1000, got 0. Use 20 to 50 sampling steps.", "generate") == \
+        "--steps must be between 1 and 1000, got 0 — use 20 to 50 sampling steps."
+    assert _what_and_fix("x.png: is a folder — give a file name", "generate") == "x.png: is a folder — give a file name"
+    assert _what_and_fix("scale 0.5 is too small.", "generate") == \
+        "scale 0.5 is too small — see python -m course_lib generate --help"
+    assert _what_and_fix("got 2.5. CUDA is missing.", "train") == "got 2.5 — CUDA is missing."

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from dataclasses import replace
 
 import pytest
@@ -21,6 +22,7 @@ from course_lib.runtime import resolve_device, step_generators
 from course_lib.schedules import make_schedule
 from course_lib.train import train
 
+from _processes import call_in_child
 from _tiny import TINY, TINY_UNET, assert_same_weights
 
 def _state(path):
@@ -154,6 +156,33 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, how, saved_
         train(_interrupting_recipe(2, how), out=tmp_path / "run", progress=False)
     assert load_checkpoint(tmp_path / "run")[1]["step"] == saved_step
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    resumed = train(TINY, out=tmp_path / "run", resume=True, progress=False)
+    full = train(TINY, out=tmp_path / "full", progress=False)
+    assert resumed.losses == full.losses
+    assert_same_weights(_state(tmp_path / "run"), _state(tmp_path / "full"))
+
+
+def test_a_second_ctrl_c_inside_the_optimizer_step_saves_nothing(tmp_path, monkeypatch, capsys):
+    # Ctrl-C twice while AdamW updates the weights (step 4): they are half of step 3, half of step 4, so
+    # nothing is saved; the checkpoint of step 2 (checkpoint_every=2) stays and resumes exactly
+    real_step, calls = torch.optim.AdamW.step, {"n": 0}
+
+    def step_with_two_ctrl_c(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # (each signal handled during its sleep: none is merged with the other)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_with_two_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, out=tmp_path / "run", progress=False)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert "Interrupted: stopped in the middle of step 4 of 6, not saved; the last checkpoint stays" in \
+        capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "run")[1]["step"] == 2
     resumed = train(TINY, out=tmp_path / "run", resume=True, progress=False)
     full = train(TINY, out=tmp_path / "full", progress=False)
     assert resumed.losses == full.losses
@@ -300,25 +329,4 @@ def read_only_folder(folder):
 def test_a_second_run_into_the_same_checkpoint_is_refused(tmp_path):
     with writing(tmp_path / "run"):  # as a training run holds it (another process would be refused alike)
         with pytest.raises(CheckpointError, match="run: another process .* is writing this checkpoint"):
-            _in_other_process(lambda: train(TINY, out=tmp_path / "run", steps=1, progress=False))
-
-
-def _in_other_process(function):
-    """Run ``function`` in a forked child; re-raise its exception here (pickled through a pipe)."""
-    import pickle
-
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            function()
-            payload = b""
-        except BaseException as error:  # noqa: BLE001 - sent to the parent
-            payload = pickle.dumps(error)
-        os.write(write_end, payload)
-        os._exit(0)
-    os.close(write_end)
-    payload = b"".join(iter(lambda: os.read(read_end, 65536), b""))
-    os.waitpid(pid, 0)
-    if payload:
-        raise pickle.loads(payload)
+            call_in_child(lambda: train(TINY, out=tmp_path / "run", steps=1, progress=False))
