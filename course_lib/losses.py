@@ -3,7 +3,8 @@
 Two kinds live here:
 
 * **the losses themselves**, on tensors: :func:`eps_loss` (L_simple), :func:`diffusion_training_loss`
-  (one sample of DDPM's objective), :func:`noisy_classifier_loss`, :func:`judge_loss`;
+  (one sample of DDPM's objective), :func:`noisy_classifier_loss`, :func:`judge_loss`, CLIP's
+  :func:`clip_loss` and :func:`contrastive_loss` (lesson 07);
 * **recipe losses** with the signature the training loop calls,
   ``loss(model, batch, schedule, generator, **loss_args) -> scalar``, where ``batch`` holds the
   data columns of this step's examples and ``generator`` (seeded by (seed, step)) is where every
@@ -26,7 +27,7 @@ from torch import nn
 from .checks import check_finite, check_labels, check_shape
 from .diffusion import q_sample
 from .nn.classifier import SHAPES_JUDGE_HEADS, JudgeClassifier, NoisyClassifier, random_shift, split_attribute_logits
-from .nn.text import clip_loss
+from .nn.text import clip_embeddings
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "diffusion_training_loss",
     "noisy_classifier_loss",
     "judge_loss",
+    "clip_loss",
+    "contrastive_loss",
     "eps_prediction_loss",
     "class_conditional_eps_loss",
     "noisy_classifier_batch_loss",
@@ -168,6 +171,56 @@ def judge_loss(
     x = random_shift(x, max_shift, generator)
     # L = -log p(y | x)
     return F.cross_entropy(model(x), labels.to(x.device))
+
+
+def clip_loss(model, pixel_values, input_ids, attention_mask=None) -> torch.Tensor:
+    """CLIP's symmetric contrastive (InfoNCE) loss over a batch of B matching (image, caption) pairs.
+
+    With logits s_ij = exp(logit_scale) v_i . t_j (image i, caption j; the pair i == j matches):
+
+        L = 1/2 [ -1/B sum_i log( exp(s_ii) / sum_j exp(s_ij) )     (each image picks its caption)
+                  -1/B sum_j log( exp(s_jj) / sum_i exp(s_ij) ) ]   (each caption picks its image)
+
+    i.e. the cross-entropy of the logit matrix along its rows and along its columns, with the
+    diagonal as the targets (Radford et al. 2021, fig. 3). Equal to ``model(...,
+    return_loss=True).loss``. CLIP keeps exp(logit_scale) <= 100 during training; clamp
+    ``model.logit_scale`` after each optimiser step to do the same.
+
+    :param model: a ``CLIPModel``
+    :param pixel_values: images x_i in [-1, 1], (B, 3, H, W)
+    :param input_ids: the matching captions' token ids (B, L)
+    :param attention_mask: (B, L)
+    :return: the loss, a scalar tensor
+    """
+    image_embeds, text_embeds = clip_embeddings(model, pixel_values, input_ids, attention_mask)
+    if image_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(f"clip_loss needs one caption per image, got {image_embeds.shape[0]} images and "
+                         f"{text_embeds.shape[0]} captions. Pass matching pairs.")
+    return contrastive_loss(image_embeds, text_embeds, model.logit_scale)
+
+
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss from the embeddings of B matching pairs (see :func:`clip_loss`).
+
+        s_ij = exp(logit_scale) v_i . t_j
+        L    = 1/2 [ CE(rows of s, diagonal) + CE(columns of s, diagonal) ]
+
+    :param image_embeds: v_i, unit length, (B, P)
+    :param text_embeds: t_j, unit length, (B, P); text_embeds[i] is the caption of image i
+    :param logit_scale: log(1 / tau), a number or a scalar tensor (CLIPModel.logit_scale)
+    :return: the loss, a scalar tensor
+    """
+    if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape != text_embeds.shape:
+        raise ValueError(f"The contrastive loss needs one caption per image: image_embeds (B, P) and text_embeds "
+                         f"(B, P) of the same shape, got {tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}. "
+                         f"Pass matching pairs.")
+    logit_scale = torch.as_tensor(logit_scale, dtype=image_embeds.dtype, device=image_embeds.device)
+    # s_ij = exp(logit_scale) v_i . t_j, (B images, B captions)
+    logits = logit_scale.exp() * image_embeds @ text_embeds.T
+    # log-softmax along j (rows: image -> captions) and along i (columns: caption -> images)
+    image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()
+    text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()
+    return (image_to_text + text_to_image) / 2
 
 
 # ---------------------------------------------------------------------------------------------

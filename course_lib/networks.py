@@ -25,20 +25,13 @@ from .nn.vae import AutoencoderKL, VAEConfig
 __all__ = ["NETWORKS", "build_network", "network_config_dict", "load_network"]
 
 
-def _clip_model(config: dict) -> nn.Module:
-    """The tiny CLIP (transformers' CLIPModel) from its config dict; transformers is imported only here."""
-    from transformers import CLIPConfig
-
-    return build_tiny_clip(CLIPConfig.from_dict(config))
-
-
 # name -> builder: a function config dict -> freshly initialised network
 NETWORKS: dict[str, Callable[[dict], nn.Module]] = {
     "UNet2DConditionModel": lambda config: UNet2DConditionModel(UNetConfig.from_dict(config)),
     "NoisyClassifier": lambda config: NoisyClassifier(ClassifierConfig.from_dict(config)),
     "JudgeClassifier": lambda config: JudgeClassifier(JudgeConfig.from_dict(config)),
     "AutoencoderKL": lambda config: AutoencoderKL(VAEConfig.from_dict(config)),
-    "CLIPModel": _clip_model,
+    "CLIPModel": build_tiny_clip,  # transformers' CLIPModel, from its config dict
 }
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from course_lib.datasets import COLORS, POSITIONS, SHAPES, SIZES, shape_caption, shapes_tensors
+from course_lib.losses import clip_loss
 from course_lib.nn.text import (
     BOS_TOKEN,
     EOS_TOKEN,
@@ -19,7 +20,6 @@ from course_lib.nn.text import (
     build_tiny_clip,
     caption_vocabulary,
     clip_embeddings,
-    clip_loss,
     clip_score,
     encode_text,
     load_caption_tokenizer,

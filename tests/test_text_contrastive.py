@@ -1,4 +1,4 @@
-"""Tests of course_lib.nn.text.contrastive_loss: CLIP's symmetric loss from the embeddings (lesson 07).
+"""Tests of course_lib.losses.contrastive_loss: CLIP's symmetric loss from the embeddings (lesson 07).
 
 Checked against an independent form (two torch cross-entropies over the logit matrix) and against
 clip_loss, which test_text.py checks against transformers' CLIPModel(return_loss=True).
@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.nn.text import build_caption_tokenizer, build_tiny_clip, clip_embeddings, clip_loss, \
-    contrastive_loss, tiny_clip_config, tokenize_prompts
+from course_lib.losses import clip_loss, contrastive_loss
+from course_lib.nn.text import build_caption_tokenizer, build_tiny_clip, clip_embeddings, tiny_clip_config, tokenize_prompts
 
 
 def unit(seed, *shape):

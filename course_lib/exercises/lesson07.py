@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..nn.text import contrastive_loss
+from ..losses import contrastive_loss
 from .grading import Case, grade, seeded
 
 __all__ = ["check_cross_attention", "check_clip_contrastive_loss"]
@@ -103,7 +103,7 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
 
     :param fn: the learner's function; the embeddings are unit vectors (B, P), row i of each a
         matching pair; ``logit_scale`` is a scalar tensor, log(1 / τ), as ``CLIPModel.logit_scale``
-    :return: True if fn agrees with :func:`course_lib.nn.text.contrastive_loss` on every case
+    :return: True if fn agrees with :func:`course_lib.losses.contrastive_loss` on every case
     """
 
     cases = []
@@ -156,7 +156,7 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
     return grade(
         fn, cases, check_name="check_clip_contrastive_loss", result_name="the loss",
         success="the symmetric loss, (CE over rows + CE over columns) / 2 with logits exp(logit_scale)·v·tᵀ, "
-                "matches course_lib.nn.text.contrastive_loss for 3 batches.",
+                "matches course_lib.losses.contrastive_loss for 3 batches.",
         generic_hint=_CONTRASTIVE_FORMULA + ".",
         shape_hint="the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch.",
         exception_hint=exception_hint,

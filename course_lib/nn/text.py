@@ -20,7 +20,7 @@ Here both pieces are small enough to build in a notebook:
   tokens), not on a 21-word language.
 * **Text encoder.** ``transformers``' own ``CLIPTextModel`` (never a copy), inside a tiny
   ``CLIPModel`` whose vision tower reads our 64x64 pictures. The two towers are trained together
-  with CLIP's contrastive loss (``clip_loss``), so that the text vectors come to mean colour,
+  with CLIP's contrastive loss (``course_lib.losses.clip_loss``), so that the text vectors come to mean colour,
   shape, size and position before the UNet ever sees them.
 
 Notation (code name -> symbol):
@@ -61,8 +61,6 @@ __all__ = [
     "clip_image_embeds",
     "clip_text_embeds",
     "clip_embeddings",
-    "contrastive_loss",
-    "clip_loss",
     "clip_score",
     "zero_shot_predict",
 ]
@@ -431,56 +429,6 @@ def clip_embeddings(model, pixel_values, input_ids, attention_mask=None):
     _check_pixels(pixel_values, model)
     _check_tokens(input_ids, attention_mask)
     return clip_image_embeds(model, pixel_values), clip_text_embeds(model, input_ids, attention_mask)
-
-
-def clip_loss(model, pixel_values, input_ids, attention_mask=None) -> torch.Tensor:
-    """CLIP's symmetric contrastive (InfoNCE) loss over a batch of B matching (image, caption) pairs.
-
-    With logits s_ij = exp(logit_scale) v_i . t_j (image i, caption j; the pair i == j matches):
-
-        L = 1/2 [ -1/B sum_i log( exp(s_ii) / sum_j exp(s_ij) )     (each image picks its caption)
-                  -1/B sum_j log( exp(s_jj) / sum_i exp(s_ij) ) ]   (each caption picks its image)
-
-    i.e. the cross-entropy of the logit matrix along its rows and along its columns, with the
-    diagonal as the targets (Radford et al. 2021, fig. 3). Equal to ``model(...,
-    return_loss=True).loss``. CLIP keeps exp(logit_scale) <= 100 during training; clamp
-    ``model.logit_scale`` after each optimiser step to do the same.
-
-    :param model: a ``CLIPModel``
-    :param pixel_values: images x_i in [-1, 1], (B, 3, H, W)
-    :param input_ids: the matching captions' token ids (B, L)
-    :param attention_mask: (B, L)
-    :return: the loss, a scalar tensor
-    """
-    image_embeds, text_embeds = clip_embeddings(model, pixel_values, input_ids, attention_mask)
-    if image_embeds.shape[0] != text_embeds.shape[0]:
-        raise ValueError(f"clip_loss needs one caption per image, got {image_embeds.shape[0]} images and "
-                         f"{text_embeds.shape[0]} captions. Pass matching pairs.")
-    return contrastive_loss(image_embeds, text_embeds, model.logit_scale)
-
-
-def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale) -> torch.Tensor:
-    """CLIP's symmetric contrastive loss from the embeddings of B matching pairs (see :func:`clip_loss`).
-
-        s_ij = exp(logit_scale) v_i . t_j
-        L    = 1/2 [ CE(rows of s, diagonal) + CE(columns of s, diagonal) ]
-
-    :param image_embeds: v_i, unit length, (B, P)
-    :param text_embeds: t_j, unit length, (B, P); text_embeds[i] is the caption of image i
-    :param logit_scale: log(1 / tau), a number or a scalar tensor (CLIPModel.logit_scale)
-    :return: the loss, a scalar tensor
-    """
-    if image_embeds.ndim != 2 or text_embeds.ndim != 2 or image_embeds.shape != text_embeds.shape:
-        raise ValueError(f"The contrastive loss needs one caption per image: image_embeds (B, P) and text_embeds "
-                         f"(B, P) of the same shape, got {tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}. "
-                         f"Pass matching pairs.")
-    logit_scale = torch.as_tensor(logit_scale, dtype=image_embeds.dtype, device=image_embeds.device)
-    # s_ij = exp(logit_scale) v_i . t_j, (B images, B captions)
-    logits = logit_scale.exp() * image_embeds @ text_embeds.T
-    # log-softmax along j (rows: image -> captions) and along i (columns: caption -> images)
-    image_to_text = -torch.diagonal(logits.log_softmax(dim=1)).mean()
-    text_to_image = -torch.diagonal(logits.log_softmax(dim=0)).mean()
-    return (image_to_text + text_to_image) / 2
 
 
 def clip_score(model, pixel_values, input_ids, attention_mask=None) -> torch.Tensor:
