@@ -65,7 +65,7 @@ DEFAULT_LATENT_POSITIONS = 128 * 128  # SD v1.5 at 1024 x 1024 px (f = 8); the m
 
 # from the peak resident memory measured on a CPU by benchmarks/sampling_memory.py, rounded up
 UNET_ACTIVATION_FACTOR = 6  # k_unet: measured 4.6-5 for the mini-SD's UNet at 512-1024 px
-VAE_ACTIVATION_FACTOR = 8  # k_vae: measured 4-7.4 for its decoder at 512-1024 px, as the allocator reuses memory
+VAE_ACTIVATION_FACTOR = 10  # k_vae: measured 4 to 9.8 for its decoder at 512-1024 px, as the allocator reuses memory
 OVERHEAD_BYTES = 64 * 2**20  # the allocator, oneDNN's scratch space, weight reorders: 40-60 MiB for SD v1.5
 GEGLU_WIDTH = 2 * 4  # the feed-forward projects C channels to 2 * 4C (GEGLU's two halves, mult 4)
 GIB = 2**30

@@ -4,14 +4,14 @@
 diffusers' ``StableDiffusionPipeline.__call__`` in the same order, one readable method per step:
 
     prompt "a red circle"
-      1. check_inputs      refuse bad arguments, and requests over the memory caps (course_lib.limits)
+      1. check_inputs      refuse bad arguments; check_resources: requests over the caps of course_lib.limits
       2. make_sampler      a course_lib sampler on the model's noise schedule; set_timesteps(n)
       3. prepare_latents   z_T ~ N(0, I) of shape (B, 4, H/f, W/f), scaled by init_noise_sigma
       then run_loop, the part that image-to-image shares:
       4. text_states       tokenizer -> text encoder: c = tau(prompt), (B, L, D); for guidance the batch of
                            two [c_uncond, c], c_uncond = tau(negative prompt or "")
-      5. denoise_step      (n times) the batch of two [z_t, z_t] through the UNet with [c_uncond, c],
-                           classifier-free guidance, one sampler step z_t -> z_{t-1}
+      5. denoise_step      (n times) predict_noise: the batch of two [z_t, z_t] through the UNet with
+                           [c_uncond, c], classifier-free guidance; then one sampler step z_t -> z_{t-1}
       6. decode_latents    x = D(z_0 / s), the VAE decoder, s = vae.config.scaling_factor
       7. to_images         [-1, 1] -> PIL images or a float array in [0, 1]
 
@@ -177,8 +177,8 @@ class StableDiffusion:
         :param dtype: their dtype (default: float32)
         """
         check_choice(name, ("mini-sd",), "course pipeline")
-        folder = os.fspath(directory) if directory is not None else checkpoint_dir()
-        return cls(*load_mini_sd(Path(folder))).to(device, dtype)
+        folder = Path(directory) if directory is not None else checkpoint_dir()
+        return cls(*load_mini_sd(folder)).to(device, dtype)
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, dtype: torch.dtype | None = None,

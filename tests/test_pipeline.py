@@ -401,6 +401,7 @@ def test_matches_diffusers_with_a_seed_and_several_images_per_prompt(diffusers_p
             num_inference_steps=3, guidance_scale=7.5, seed=3)
 
 
+@pytest.mark.slow
 def test_matches_diffusers_with_sd15_block_structure(clip_tokenizer):
     diffusers = pytest.importorskip("diffusers")
     theirs = make_diffusers_pipe(diffusers, clip_tokenizer, SD15_UNET)
@@ -411,6 +412,7 @@ def test_matches_diffusers_with_sd15_block_structure(clip_tokenizer):
             num_inference_steps=3, guidance_scale=7.5, seed=5)
 
 
+@pytest.mark.slow
 def test_from_pretrained_loads_what_diffusers_saved(diffusers_pair, tmp_path, monkeypatch):
     diffusers, theirs, _ = diffusers_pair
     theirs.scheduler = diffusers.DDIMScheduler(**SD15_SCHEDULER)
