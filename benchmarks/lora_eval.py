@@ -6,7 +6,7 @@ Sets of prompts (all full prompts, "a small orange circle in the top left"), sam
 steps at guidance 7.5 (``--steps``, ``--guidance``), read by the 7-colour judge (shapes-judge7):
 
 - ``seen``: orange circles and squares, 20 prompts x ``--per-prompt`` pictures;
-- ``triangles``: orange triangles (never trained on), 10 prompts x ``--per-prompt``;
+- ``triangles``: orange triangles (never trained on), 10 prompts x ``--triangle-per-prompt``;
 - ``six``: the 160 six-colour prompts of seen pairs (``metrics.shapes_prompt_grid``), x ``--six-per-prompt``.
 
 Each share comes with its 95 % Wilson interval. ``--model`` is an adapter checkpoint (kind "lora
@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--sets", default="seen,triangles,six")
     parser.add_argument("--per-prompt", type=int, default=5)
+    parser.add_argument("--triangle-per-prompt", type=int, default=10)
     parser.add_argument("--six-per-prompt", type=int, default=1)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=7.5)
@@ -74,7 +75,7 @@ def main():
     judge, _ = load_course_model(EXTENDED_JUDGE)
     kind = load_model(pipe, args.model)
     grids = {"seen": orange_prompt_grid(("circle", "square")) * args.per_prompt,
-             "triangles": orange_prompt_grid(("triangle",)) * args.per_prompt,
+             "triangles": orange_prompt_grid(("triangle",)) * args.triangle_per_prompt,
              "six": shapes_prompt_grid(False) * args.six_per_prompt}
     results = {"model": args.model, "kind": kind, "steps": args.steps, "guidance": args.guidance, "threads": 1}
     pictures = {}

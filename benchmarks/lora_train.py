@@ -33,18 +33,8 @@ from course_lib.losses import latent_diffusion_loss
 from course_lib.nn.text import encode_text, tokenize_prompts
 from course_lib.orange import fit_latents, orange_tensors
 from course_lib.pipeline import MINI_SD_CHECKPOINTS, StableDiffusion
+from course_lib.recipes import encode_latents
 from course_lib.runtime import step_generators
-
-
-def encode(vae, images, batch_size=250):
-    """Posterior mean and std of q(z | x), unscaled, in batches."""
-    means, stds = [], []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            posterior = vae.encode(images[i:i + batch_size])
-            means.append(posterior.mean)
-            stds.append(posterior.std)
-    return torch.cat(means), torch.cat(stds)
 
 
 def build_data(pipe, tokenizer, args) -> dict:
