@@ -117,10 +117,11 @@ def test_huge_requests_are_refused_at_once_without_allocating(monkeypatch):
 def test_estimate_is_not_below_the_measured_peak_memory():
     """The mini-SD at 512 px: the UNet call on the batch of two and the decoder, each measured as the
     peak resident memory of a fresh process (benchmarks/sampling_memory.py). The estimate may be high
-    (the fixed overhead is most of it at this size), never low."""
+    (the fixed overhead is most of it at this size), never low; its size-dependent part is within 3 times."""
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "sampling_memory.py"
     result = subprocess.run([sys.executable, str(script), "--sizes", "512", "--parts", "unet", "vae", "--json"],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
     for row in json.loads(result.stdout):
-        assert row["measured_bytes"] <= row["estimated_bytes"] <= 4 * row["measured_bytes"], row
+        assert row["measured_bytes"] <= row["estimated_bytes"], row  # never low
+        assert row["estimated_bytes"] - limits.OVERHEAD_BYTES <= 3 * row["measured_bytes"], row  # not vacuous
