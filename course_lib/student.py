@@ -63,6 +63,8 @@ from pathlib import Path
 
 import nbformat
 
+from .files import atomic_write_text
+
 __all__ = ["make_student_notebook", "make_nbgrader_source", "write_student_versions", "main", "CODE_STUB", "TEXT_STUB"]
 
 BEGIN = "BEGIN SOLUTION"
@@ -350,7 +352,7 @@ def write_student_versions(src_dir, out_dir, *, nbgrader_source: bool = False) -
     for path, student in zip(paths, students):
         target = out / path.name
         nbformat.validate(student)
-        nbformat.write(student, target)
+        atomic_write_text(target, nbformat.writes(student) + "\n")  # as nbformat.write; never half a notebook
         written.append(target)
     return written
 

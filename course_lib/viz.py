@@ -1,19 +1,21 @@
 """Image grids and small plots for the notebooks and the command line.
 
 Images in the course are tensors in [-1, 1] of shape (B, C, H, W) with C = 1 (digits) or 3
-(shapes, Stable Diffusion). Pillow makes PNGs; matplotlib is imported only by the plotting
-functions, so the command line does not need it.
+(shapes, Stable Diffusion), turned into pixels by ``course_lib.pixels`` (diffusers' convention).
+Pillow makes PNGs (``grid_png`` gives the bytes an ``ipywidgets.Image`` shows); matplotlib is
+imported only by the plotting functions, so the command line does not need it.
 """
 
 from __future__ import annotations
 
+import io
 import math
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .checks import check_floating
+from .pixels import to_uint8, to_unit
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: float = -1.0) -> torch.Tensor:
@@ -39,13 +41,10 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 1, p
 
 def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     """A (C, H, W) or (H, W) tensor in [-1, 1] -> a PIL image, enlarged ``scale`` times (nearest)."""
-    image = image.detach().float().cpu()
-    if image.ndim == 3 and image.shape[0] == 1:
-        image = image[0]
-    array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if array.ndim == 3:  # (C, H, W) -> (H, W, C)
-        array = array.permute(1, 2, 0)
-    pil = Image.fromarray(array.numpy())
+    if image.ndim == 2:  # (H, W) -> (1, H, W)
+        image = image[None]
+    array = to_uint8(image)  # (H, W, C) uint8
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if scale != 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
     return pil
@@ -56,6 +55,13 @@ def grid_image(images: torch.Tensor, nrow: int | None = None, scale: int = 1) ->
     return to_pil(make_grid(images, nrow=nrow), scale=scale)
 
 
+def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> bytes:
+    """A batch as one PNG file's bytes (``grid_image``), e.g. the value of an ``ipywidgets.Image``."""
+    buffer = io.BytesIO()
+    grid_image(images, nrow=nrow, scale=scale).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None, size: float = 3.0):
     """Draw a batch as a grid with matplotlib (small, for notebooks). Returns the axis."""
     import matplotlib.pyplot as plt
@@ -63,7 +69,7 @@ def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None
     grid = make_grid(images.detach().float().cpu(), nrow=nrow)
     if ax is None:
         _, ax = plt.subplots(figsize=(size, size * grid.shape[1] / grid.shape[2]))
-    shown = ((grid.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    shown = to_unit(grid).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]
     ax.imshow(shown[..., 0] if shown.shape[-1] == 1 else shown, cmap="gray" if shown.shape[-1] == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
@@ -83,8 +89,3 @@ def image_row(images: list[torch.Tensor] | torch.Tensor, titles: list[str] | Non
                     title=titles[index] if titles else None)
     fig.tight_layout()
     return fig
-
-
-def to_numpy_images(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> float array (B, H, W, C) in [0, 1] (diffusers' output_type="np")."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
