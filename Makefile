@@ -67,13 +67,16 @@ app: $(STAMP)
 	@echo "The guidance explorer: open http://localhost:$(APP_PORT)/ in a browser (Ctrl-C stops it)."
 	$(BIN)/voila $(APP_DIR)/guidance_explorer.ipynb --port=$(APP_PORT)
 
-# Unit tests (tests/test_browser.py drives lessons 05, 08 and the app in Chromium), then every
-# notebook executed top to bottom by nbval.
+# Everything, before a commit or a release: every unit test, the slow ones too (trainings, the
+# quality targets of the shipped models, nbgrader, DDP, the browser test driving lessons 05, 08 and
+# the app in Chromium), then every notebook executed top to bottom by nbval.
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
 
+# The quick check while changing course_lib: the unit tests without those marked slow
+# (@pytest.mark.slow; nbval not loaded), about a minute on a 2-core CPU.
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -m "not slow" -p no:nbval
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax

@@ -35,6 +35,7 @@ def inputs(batch_size=2, tokens=5, size=8, seed=0):
             torch.randn(batch_size, tokens, 16, generator=g))
 
 
+@pytest.mark.slow
 def test_attention_probs_are_what_sdpa_multiplies_with_v():
     g = torch.Generator().manual_seed(1)
     q, k = torch.randn(2, 3, 6, 4, generator=g), torch.randn(2, 3, 5, 4, generator=g)
@@ -46,6 +47,7 @@ def test_attention_probs_are_what_sdpa_multiplies_with_v():
     torch.testing.assert_close(probs, F.scaled_dot_product_attention(q, k, identity), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_recording_keeps_the_output_and_records_every_cross_attention_layer():
     unet = tiny_unet()
     sample, t, context = inputs()
@@ -63,6 +65,7 @@ def test_recording_keeps_the_output_and_records_every_cross_attention_layer():
     assert all(not module._forward_hooks for module in unet.modules())
 
 
+@pytest.mark.slow
 def test_recorded_weights_are_the_layers_own():
     unet = tiny_unet()
     sample, t, context = inputs()
@@ -80,6 +83,7 @@ def test_recorded_weights_are_the_layers_own():
     torch.testing.assert_close(maps.layer_map(ATTN2[0]), expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_calls_are_averaged_and_token_maps_land_on_the_grid():
     unet = tiny_unet()
     sample, t, context = inputs()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the GPU benchmark script end to end on a tiny model
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sd15_gpu.py"
 
 

@@ -274,6 +274,7 @@ def test_check_state_dict_names_every_kind_of_mismatch():
     check_state_dict(skeleton, good, "m.safetensors")  # a network on the meta device: nothing allocated
 
 
+@pytest.mark.slow
 def test_optimizer_state_round_trip():
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98))

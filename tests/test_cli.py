@@ -84,6 +84,7 @@ def test_train_into_checkpoint_dir(capsys, tmp_path):
     assert status == 0 and (tmp_path / "tiny-ddpm.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_generate_grid_and_folder(capsys, digits_folder, tmp_path):
     common = ["generate", "--model", "digits", "--checkpoint-dir", str(digits_folder), "--steps", "3",
               "--num-images", "4", "--device", "cpu", "--no-progress"]
@@ -222,6 +223,7 @@ def mini_sd_folder(tmp_path_factory):
     return make_mini_sd(tmp_path_factory.mktemp("mini-sd"))
 
 
+@pytest.mark.slow
 def test_generate_mini_sd_grid_and_folder(capsys, mini_sd_folder, tmp_path):
     common = ["generate", "--model", "mini-sd", "--prompt", "a large red circle in the center", "--checkpoint-dir",
               str(mini_sd_folder), "--steps", "2", "--num-images", "4", "--device", "cpu", "--no-progress"]
@@ -379,6 +381,7 @@ def test_seeds_outside_0_to_2_64_are_refused(capsys, digits_folder, tmp_path, se
         assert "--seed must be between 0 and 18446744073709551615" in _one_line_error(status, err)
 
 
+@pytest.mark.slow
 def test_generate_threads(capsys, digits_folder, tmp_path):
     common = ["generate", "--checkpoint-dir", str(digits_folder), "--steps", "1", "--num-images", "1", "--device",
               "cpu", "--no-progress", "--out", str(tmp_path / "g.png")]

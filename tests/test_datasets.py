@@ -125,6 +125,7 @@ def test_shapes_columns_and_image_type(train_shapes):
     assert as_torch.shape == (4, 3, 64, 64) and as_torch.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_shapes_attributes_measured_on_pixels(train_shapes):
     array = train_shapes.with_format("numpy")[:]["image"]  # (N, 64, 64, 3) uint8
     rows = train_shapes.remove_columns("image").to_list()
@@ -157,6 +158,7 @@ def test_shapes_cover_every_attribute_value(train_shapes):
     assert set(train_shapes["position"]) == set(POSITIONS)
 
 
+@pytest.mark.slow
 def test_jitter_reaches_its_limits():
     # Over many images the jitter uses its whole range: it is really "at most 15" / "at most 4".
     dataset = load_shapes("all", num_images=2000, seed=0)

@@ -1,5 +1,6 @@
 """The exercises of lesson 03: right answers pass, the usual mistakes get their hint, predictions meet measurements."""
 
+import pytest
 import torch
 
 from _exercise_harness import assert_correct, run
@@ -42,12 +43,14 @@ def test_tweedie_right_answer_and_mistakes(capsys):
         assert verdict is False and hint in out, out
 
 
+@pytest.mark.slow
 def test_the_guidance_experiment_measures_what_the_lesson_teaches():
     measured = _guidance_experiment()
     assert all(m["classifier_guidance_equals_cfg"] for m in measured.values())
     assert [measured[s]["samples_follow_p_lambda"] for s in (0.0, 1.0, 3.0, 10.0)] == [True, True, False, False]
 
 
+@pytest.mark.slow
 def test_guidance_prediction_verdicts(capsys):
     right = lambda s: {"classifier_guidance_equals_cfg": True, "samples_follow_p_lambda": s in (0.0, 1.0)}  # noqa: E731
     assert_correct(exercises.check_guidance_prediction, right, capsys)

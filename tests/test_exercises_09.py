@@ -135,6 +135,7 @@ def test_wrong_arguments_get_the_signature(capsys):
 # ============================================================================ the check is the pipeline's rule
 @pytest.mark.parametrize("sampler, steps, strength", [("ddim", 10, 0.6), ("dpmsolver", 10, 0.33),
                                                       ("euler", 7, 0.5), ("ddpm", 4, 1.0)])
+@pytest.mark.slow
 def test_img2img_check_expects_what_the_pipeline_runs(sampler, steps, strength, tmp_path, capsys):
     """The timesteps StableDiffusion.img2img gives its UNet are the ones the check expects."""
     pytest.importorskip("transformers")

@@ -69,6 +69,7 @@ def _images(pipe, **kwargs):
                 output_type="np", **kwargs)
 
 
+@pytest.mark.slow
 def test_optimize_on_a_cpu_keeps_the_images_and_the_weights(folder):
     eager = StableDiffusion.from_course("mini-sd", directory=folder)
     reference = _images(eager)
@@ -89,6 +90,7 @@ def test_optimize_on_a_cpu_keeps_the_images_and_the_weights(folder):
     assert sweep.shape == (2, IMAGE_SIZE, IMAGE_SIZE, 3)
 
 
+@pytest.mark.slow
 def test_optimize_compiles_the_unet_and_decoder_whole(folder):
     """fullgraph=True: any graph break in the UNet or the decoder would raise here."""
     torch._dynamo.reset()

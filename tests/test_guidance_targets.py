@@ -14,6 +14,8 @@ from course_lib.pretrained import load_course_model
 from course_lib.samplers import DDIMSampler, sample_loop
 from course_lib.schedules import make_schedule
 
+pytestmark = pytest.mark.slow  # samples hundreds of digits with the shipped checkpoints (a minute or more)
+
 PER_CLASS = 10
 STEPS = 50
 

@@ -106,6 +106,7 @@ def _python(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=120)
 
 
+@pytest.mark.slow
 def test_course_lang_in_the_environment_sets_the_language_at_import():
     run = _python("import course_lib; from course_lib.i18n import tr; print(course_lib.get_language(), tr('seed'))",
                   COURSE_LANG="zh_CN")
@@ -115,6 +116,7 @@ def test_course_lang_in_the_environment_sets_the_language_at_import():
     assert run.stdout.strip() == "en" and "COURSE_LANG='klingon' ignored" in run.stderr
 
 
+@pytest.mark.slow
 def test_chinese_figure_labels_are_drawn_with_a_chinese_font(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")

@@ -121,6 +121,7 @@ def test_drawn_pictures_are_off_the_data_sets_grid_and_repeatable():
         drawn_pictures(2, shapes=("hexagon",))
 
 
+@pytest.mark.slow
 def test_reconstruction_on_a_tiny_random_mini_sd(tmp_path):
     from _minisd import IMAGE_SIZE, make_mini_sd
 

@@ -14,6 +14,7 @@ packages only, as nanoGPT does).
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def layer_of_each_module(rows: list[list[str]]) -> dict[str, int]:
     return layers
 
 
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 def own_imports(module: str, source: str | None = None) -> list[tuple[str, int, bool]]:
     """(imported course_lib module, line, at the top of the module?) for each import of an own module.
 
@@ -81,7 +87,7 @@ def own_imports(module: str, source: str | None = None) -> list[tuple[str, int, 
     """
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    tree = ast.parse(path.read_text(encoding="utf-8") if source is None else source, filename=str(path))
+    tree = _parsed(path) if source is None else ast.parse(source, filename=str(path))
     top_level = {id(node) for node in tree.body}
     found = []
     for node in ast.walk(tree):
@@ -210,10 +216,9 @@ def test_the_table_reader_reads_backticked_names():
 def test_test_modules_do_not_import_each_other():
     """Shared test helpers live in tests/_*.py modules or conftest.py, never in another test module."""
     found = []
+    pattern = re.compile(r"^[ \t]*(?:from|import)[ \t]+(test_\w+)", re.M)  # also inside functions
     for path in sorted((ROOT / "tests").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
-            found += [f"tests/{path.name}:{node.lineno} imports {name}" for name in names
-                      if name.split(".")[0].startswith("test_")]
+        text = path.read_text(encoding="utf-8")
+        found += [f"tests/{path.name}:{text.count(chr(10), 0, match.start()) + 1} imports {match.group(1)}"
+                  for match in pattern.finditer(text)]
     assert not found, "move what test modules share into a tests/_*.py module: " + "; ".join(found)

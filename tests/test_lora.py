@@ -158,6 +158,7 @@ def trained_adapter(tmp_path, rank=2, name="shapes-lora-orange"):
     return path, unet, extended, text_encoder
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_and_unload(tmp_path):
     path, trained_unet, trained_tokenizer, trained_encoder = trained_adapter(tmp_path)
     assert json.loads(path.with_suffix(".json").read_text())["adapter"]["rank"] == 2

@@ -13,8 +13,9 @@ from course_lib.metrics import clip_zero_shot_accuracy, psnr, shapes_judge_repor
 from course_lib.pretrained import available_checkpoints, load_course_model
 
 NEEDED = {"shapes-vae", "shapes-clip", "shapes-ldm", "shapes-judge"}
-pytestmark = pytest.mark.skipif(not NEEDED <= set(available_checkpoints()),
-                                reason="the shapes checkpoints are not in the checkpoint folder")
+pytestmark = [pytest.mark.slow,  # samples the mini-SD and scores it (tens of seconds)
+              pytest.mark.skipif(not NEEDED <= set(available_checkpoints()),
+                                              reason="the shapes checkpoints are not in the checkpoint folder")]
 
 
 @pytest.fixture(scope="module")

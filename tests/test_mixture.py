@@ -229,6 +229,7 @@ def test_exact_eps_minimises_the_eps_loss():
     assert abs(gap - float(((other - best) ** 2).mean())) < 3e-4  # the cross term vanishes
 
 
+@pytest.mark.slow
 def test_exact_samplers_reproduce_the_data():
     model = M.exact_eps_model(MIX, SCHEDULE)
     x_T = torch.randn(800, 2, generator=torch.Generator().manual_seed(15), dtype=torch.float64)
@@ -295,6 +296,7 @@ def test_errors_say_what_to_do():
     assert math.isfinite(float(M.log_prob(MIX, torch.full((1, 2), 40.0), 1.0)))  # far away: no underflow to -inf
 
 
+@pytest.mark.slow
 def test_the_samplers_discretisation_bias_shrinks_with_more_steps():
     """Lesson 03's small print: with exact scores, DDIM with 100 steps under-disperses a class a little; 400 steps less."""
     model = M.exact_eps_model(MIX, SCHEDULE)

@@ -24,6 +24,8 @@ import pytest
 
 from course_lib.student import make_nbgrader_source, make_student_notebook, write_student_versions
 
+pytestmark = pytest.mark.slow  # runs nbgrader's generate_assignment and autograde (minutes)
+
 pytest.importorskip("nbgrader", reason="nbgrader is in the test extra: pip install -e '.[test]'")
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"

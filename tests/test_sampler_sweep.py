@@ -118,6 +118,7 @@ def mini_world(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.slow
 def test_sampler_sweep_scores_every_run_and_caches_it(mini_world):
     result = sampler_sweep(samplers=("ddim", "ddpm"), steps=(1, 3), num_prompts=3, seed=2, progress=False)
     assert not result.from_cache
@@ -147,6 +148,7 @@ def test_sampler_sweep_scores_every_run_and_caches_it(mini_world):
     assert torch.equal(cached.images, result.images)
 
 
+@pytest.mark.slow
 def test_sampler_sweep_recomputes_for_other_arguments_or_checkpoints(mini_world):
     first = sampler_sweep(samplers=("euler",), steps=(2,), num_prompts=2, progress=False)
     assert sampler_sweep(samplers=("euler",), steps=(2,), num_prompts=2, progress=False).from_cache

@@ -137,6 +137,7 @@ def few_shapes(monkeypatch):
     monkeypatch.setattr(recipes, "shapes_tensors", lambda split="train", num_images=None: real(split, 64))
 
 
+@pytest.mark.slow
 def test_shapes_vae_recipe_measures_and_stores_the_scaling_factor(tmp_path, few_shapes):
     recipe = replace(RECIPES["shapes-vae"], network_config=TINY_VAE, steps=2, batch_size=2, warmup_steps=1)
     result = train(recipe, out=tmp_path / "vae", progress=False)
@@ -161,6 +162,7 @@ def _tiny_components(folder):
                     {"network": "CLIPModel", "network_config": clip_config})
 
 
+@pytest.mark.slow
 def test_shapes_ldm_recipe_trains_on_its_frozen_components(tmp_path, monkeypatch, few_shapes):
     monkeypatch.setenv("COURSE_CHECKPOINT_DIR", str(tmp_path))
     unet = UNetConfig(sample_size=32, in_channels=4, out_channels=4,

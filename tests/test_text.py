@@ -70,6 +70,7 @@ def test_vocabulary_is_the_caption_words_then_the_special_tokens(tokenizer):
     assert build_caption_tokenizer().get_vocab() == vocab  # deterministic
 
 
+@pytest.mark.slow
 def test_every_caption_of_every_split_tokenizes_without_unknown_words(tokenizer):
     # every caption form: each shape with or without each colour, size and position (3 x 7 x 3 x 6)
     forms = {shape_caption(s, c, z, p) for s in SHAPES for c in (None, *COLORS) for z in (None, *SIZES)

@@ -15,7 +15,7 @@ import torch
 from course_lib import train as train_module
 from course_lib.checkpoints import DEFAULT_RUNS_DIR, CheckpointError, checkpoint_paths, load_checkpoint, load_training_state, writing
 from course_lib.checks import PathError
-from course_lib.losses import class_conditional_eps_loss, diffusion_training_loss, eps_prediction_loss
+from course_lib.losses import class_conditional_eps_loss, eps_prediction_loss
 from course_lib.networks import build_network
 from course_lib.recipes import RECIPES, get_recipe
 from course_lib.runtime import resolve_device, step_generators
@@ -29,6 +29,7 @@ def _state(path):
     return load_checkpoint(path)[0]
 
 
+@pytest.mark.slow
 def test_resume_is_bit_for_bit(tmp_path):
     full = train(TINY, out=tmp_path / "full", progress=False)
     train(TINY, out=tmp_path / "split", steps=3, progress=False)
@@ -42,6 +43,7 @@ def test_resume_is_bit_for_bit(tmp_path):
     assert_same_weights(full_state, split_state)  # AdamW moments too
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_the_config(tmp_path):
     result = train(replace(TINY, steps=40, checkpoint_every=100), out=tmp_path / "run", progress=False,
                    command="python -m course_lib train tiny-ddpm")
@@ -148,6 +150,7 @@ def _interrupting_recipe(at_call, how):
     return replace(TINY, loss=loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, saved_step", [("signal", 3), ("raise", 2)])
 def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, how, saved_step):
     # the handler before: Python's default, or SIG_IGN when the tests run in the background (nohup, &)
@@ -162,6 +165,7 @@ def test_interrupt_saves_a_checkpoint_that_resumes_exactly(tmp_path, how, saved_
     assert_same_weights(_state(tmp_path / "run"), _state(tmp_path / "full"))
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_inside_the_optimizer_step_saves_nothing(tmp_path, monkeypatch, capsys):
     # Ctrl-C twice while AdamW updates the weights (step 4): they are half of step 3, half of step 4, so
     # nothing is saved; the checkpoint of step 2 (checkpoint_every=2) stays and resumes exactly
@@ -253,23 +257,18 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+@pytest.mark.slow
 def test_a_class_conditional_recipe_needs_no_change_to_the_loop(tmp_path):
-    # What a "digits-cfg" recipe will look like: labels in the batch, label dropout drawn from
-    # the step's generator, its settings in loss_args (and so in the checkpoint's JSON).
-    def label_dropout_loss(model, batch, schedule, generator, label_dropout, null_class):
-        labels = batch["labels"]
-        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < label_dropout
-        labels = torch.where(drop, torch.full_like(labels, null_class), labels)
-        return diffusion_training_loss(model, batch["images"], schedule, generator=generator, class_labels=labels)
-
+    # The digits-cfg recipe's loss, losses.class_conditional_eps_loss: labels in the batch, label
+    # dropout drawn from the step's generator, its settings in loss_args (and so in the checkpoint's JSON).
     recipe = replace(TINY, name="tiny-cfg", network_config=dict(TINY_UNET, num_class_embeds=11),
-                     loss=label_dropout_loss, loss_args={"label_dropout": 0.5, "null_class": 10})
+                     loss=class_conditional_eps_loss, loss_args={"label_dropout": 0.5, "null_class": 10})
     full = train(recipe, out=tmp_path / "full", progress=False)
     train(recipe, out=tmp_path / "split", steps=2, progress=False)
     resumed = train(recipe, out=tmp_path / "split", resume=True, progress=False)
     assert resumed.losses == full.losses
     assert full.config["loss_args"] == {"label_dropout": 0.5, "null_class": 10}
-    assert full.config["loss"] == "label_dropout_loss" and full.config["network_config"]["num_class_embeds"] == 11
+    assert full.config["loss"] == "class_conditional_eps_loss" and full.config["network_config"]["num_class_embeds"] == 11
 
 
 # ------------------------------------------------------------------------------ never overwrite silently

@@ -17,10 +17,11 @@ from _tiny import TINY
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(
-    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-    reason="this torch has no torch.distributed with the gloo backend: several processes cannot train on the CPU",
-)
+pytestmark = [pytest.mark.slow,  # starts two processes under torchrun
+              pytest.mark.skipif(
+                  not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                  reason="this torch has no torch.distributed with the gloo backend: several processes cannot train on the CPU",
+              )]
 
 # Run by each of the two processes: the tiny recipe of _tiny.py for 4 steps, then 2 steps and
 # a resume to 4; each process writes a hash of its final weights and its loss history. The loss

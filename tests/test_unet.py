@@ -138,6 +138,7 @@ def test_matches_diffusers_both_ways(name):
     assert (got - expected).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sd_config", [SD15_CONFIG, SD21_CONFIG], ids=["sd15", "sd21"])
 def test_real_sd_configs_give_diffusers_state_dict_keys_and_shapes(sd_config):
     """Built on the meta device (no memory, no weights): the full SD UNets have diffusers' layout."""
