@@ -1,4 +1,4 @@
-"""How far a set of samples is from a distribution, in low dimension (lesson 03).
+"""How far a set of samples is from a distribution, in low dimension (lesson 03), and how sure a measured rate is.
 
 When the target density is known (lesson 03's Gaussian mixture, or a tilted version of it known up
 to a constant), a sampler can be checked against it, not only against another sampler:
@@ -14,6 +14,7 @@ code name                              what it computes
 ``total_variation_noise_floor``        the total variation an exact sampler shows with N samples
 ``weighted_moments``                   self-normalised weighted mean, covariance, standard error, ESS
 ``bootstrap_interval``                 percentile interval of a statistic over resampled rows
+``proportion_interval``                Wilson score interval of a rate k / n (a judge's accuracy on n pictures)
 =====================================  ==============================================================
 
 Samples are rows: (N, D) tensors; distances are Euclidean. Everything runs in float64.
@@ -37,6 +38,7 @@ __all__ = [
     "Moments",
     "weighted_moments",
     "bootstrap_interval",
+    "proportion_interval",
 ]
 
 
@@ -262,3 +264,30 @@ def bootstrap_interval(statistic: Callable[..., float], *samples: torch.Tensor, 
     values = torch.tensor(values, dtype=torch.float64)
     tail = (1 - level) / 2
     return float(values.quantile(tail)), float(values.quantile(1 - tail))
+
+
+def proportion_interval(successes: int, trials: int, level: float = 0.9) -> tuple[float, float]:
+    """Wilson score interval of a rate p = k / n (Wilson 1927), e.g. a judge's accuracy on n pictures.
+
+    With z the normal quantile of (1 + level) / 2 and p̂ = k / n:
+
+        centre = (p̂ + z² / 2n) / (1 + z² / n),   half-width = z √(p̂(1 - p̂)/n + z²/4n²) / (1 + z² / n)
+
+    Unlike p̂ ± z √(p̂(1 - p̂)/n), it stays inside [0, 1] and is not empty at k = 0 or k = n.
+
+    :param successes: k, 0 <= k <= n
+    :param trials: n >= 1
+    :param level: the coverage, e.g. 0.9
+    :return: (low, high)
+    """
+    check_int_range(trials, "trials", 1)
+    check_int_range(successes, "successes", 0, trials, hint="successes counts the trials that succeeded.")
+    level = check_number(level, "level")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}. Use e.g. 0.9.")
+    z = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1 + level) / 2, dtype=torch.float64)).item()
+    rate, n = successes / trials, trials
+    denominator = 1 + z**2 / n
+    centre = (rate + z**2 / (2 * n)) / denominator
+    half_width = z * (rate * (1 - rate) / n + z**2 / (4 * n**2)) ** 0.5 / denominator
+    return max(0.0, centre - half_width), min(1.0, centre + half_width)

@@ -18,11 +18,15 @@ from .checks import check_floating
 from .pixels import to_uint8, to_unit
 
 
-def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: float = -1.0) -> torch.Tensor:
-    """Tile a batch into one image.
+SEPARATOR = 0.0  # the grey (pixel value 128) of the lines between tiles: visible on black and on white pictures
+
+
+def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 1, pad_value: float = SEPARATOR) -> torch.Tensor:
+    """Tile a batch into one image, with grey lines between the tiles.
 
     :param images: (B, C, H, W) in [-1, 1]
     :param nrow: images per row (default: about square)
+    :param pad_value: the value of the separating lines, in [-1, 1] (grey by default)
     :return: (C, rows*(H+padding)+padding, nrow*(W+padding)+padding)
     """
     check_floating(images, "images")
@@ -60,6 +64,53 @@ def grid_png(images: torch.Tensor, nrow: int | None = None, scale: int = 1) -> b
     buffer = io.BytesIO()
     grid_image(images, nrow=nrow, scale=scale).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def use_course_style() -> None:
+    """Matplotlib settings of every lesson's figures: 100 dpi, text of 8-9 pt, no clipped labels.
+
+    Call it once in a lesson's setup cell; it changes sizes only (fonts chosen by
+    ``course_lib.set_language``, e.g. for Chinese, stay).
+    """
+    import matplotlib
+
+    matplotlib.rcParams.update({
+        "figure.dpi": 100, "savefig.dpi": 100, "figure.autolayout": True,
+        "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8,
+        "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.titlesize": 10,
+    })
+
+
+def image_strip(images, top: list[str] | None = None, bottom: list[str] | None = None,
+                ok: list[bool | None] | None = None, size: float = 1.1, title: str | None = None):
+    """Tiles in one row, each with a label above (e.g. "λ = 3") and a verdict below (e.g. "4/4 ✓").
+
+    Made for evidence a reader sees without running the notebook: a guidance sweep with the
+    judge's verdict under each picture, green where it holds and red where it does not.
+
+    :param images: (B, C, H, W) in [-1, 1], or a list of (C, H, W)
+    :param top: B labels above the tiles
+    :param bottom: B labels below the tiles
+    :param ok: B booleans (or None) colouring the labels below: True green, False red
+    :return: the figure
+    """
+    import matplotlib.pyplot as plt
+
+    count = len(images)
+    for name, labels in (("top", top), ("bottom", bottom), ("ok", ok)):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"{name} has {len(labels)} entries for {count} images. Give one per image.")
+    fig, axes = plt.subplots(1, count, figsize=(size * count, size * 1.45), squeeze=False)
+    for index, ax in enumerate(axes[0]):
+        image = images[index]
+        show_images(image[None] if image.ndim == 3 else image, ax=ax, title=top[index] if top else None)
+        if bottom:
+            colour = {True: "tab:green", False: "tab:red"}.get(ok[index] if ok else None, "black")
+            ax.text(0.5, -0.06, bottom[index], transform=ax.transAxes, ha="center", va="top",
+                    fontsize=8, color=colour)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 def show_images(images: torch.Tensor, nrow: int | None = None, title: str | None = None, ax=None, size: float = 3.0):

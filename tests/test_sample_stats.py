@@ -109,3 +109,23 @@ def test_errors():
         Grid2D(1.0, 4).probabilities(torch.zeros(16), subdivisions=2)
     with pytest.raises(ValueError, match="2-D points"):
         Grid2D(1.0, 4).histogram(torch.zeros(5, 3))
+
+
+def test_proportion_interval_is_wilsons_and_covers_its_level():
+    from course_lib.sample_stats import proportion_interval
+
+    low, high = proportion_interval(8, 10, level=0.95)
+    # Wilson's 95% interval for 8/10, worked by hand: 0.4902 .. 0.9433
+    assert abs(low - 0.4902) < 1e-3 and abs(high - 0.9433) < 1e-3
+    assert proportion_interval(0, 5)[0] == 0 and proportion_interval(5, 5)[1] == 1
+    assert proportion_interval(0, 5)[1] > 0 and proportion_interval(5, 5)[0] < 1
+    # coverage: the interval holds the true rate in about 90% of repeated experiments
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for _ in range(400):
+        k = int((torch.rand(40, generator=g) < 0.3).sum())
+        low, high = proportion_interval(k, 40, level=0.9)
+        hits += low <= 0.3 <= high
+    assert 0.84 < hits / 400 < 0.96
+    with pytest.raises(ValueError, match="between 0 and 5"):
+        proportion_interval(6, 5)

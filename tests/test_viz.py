@@ -32,3 +32,27 @@ def test_grid_png_holds_the_grid_image():
     png = grid_png(images, nrow=2, scale=2)
     assert png.startswith(b"\x89PNG")
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(grid_image(images, 2, 2)))
+
+
+def test_grid_lines_are_grey_by_default():
+    grid = make_grid(torch.full((2, 3, 2, 2), -1.0), nrow=2)            # two black tiles
+    assert grid[:, 0].eq(0).all() and grid[:, :, 3].eq(0).all()         # grey (0 -> pixel 128) between them
+    assert to_uint8(grid[:, :1, :1])[0, 0, 0] == 128
+
+
+def test_image_strip_puts_a_coloured_verdict_under_each_tile():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.viz import image_strip, use_course_style
+
+    use_course_style()
+    assert matplotlib.rcParams["figure.dpi"] == 100 and matplotlib.rcParams["font.size"] >= 8
+    fig = image_strip(torch.zeros(3, 3, 4, 4), top=["λ=1", "λ=3", "λ=7"], bottom=["ok", "no", "?"],
+                      ok=[True, False, None])
+    texts = {text.get_text(): text.get_color() for ax in fig.axes for text in ax.texts}
+    assert texts == {"ok": "tab:green", "no": "tab:red", "?": "black"}
+    assert [ax.get_title() for ax in fig.axes] == ["λ=1", "λ=3", "λ=7"]
+    import pytest
+    with pytest.raises(ValueError, match="one per image"):
+        image_strip(torch.zeros(3, 3, 4, 4), bottom=["a"])
