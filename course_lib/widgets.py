@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from .checks import check_int_range, check_number
+from .i18n import tr
 from .pixels import from_unit, to_uint8
 
 __all__ = ["guidance_explorer", "GuidanceExplorer", "CSS_CLASSES"]
@@ -167,18 +168,18 @@ class GuidanceExplorer(widgets.VBox):
         self._note = ""  # how the shown sweep was made, for the status line
 
         wide = {"description_width": "initial"}
-        self.prompt_text = widgets.Text(value=prompt, description="prompt", continuous_update=False,
+        self.prompt_text = widgets.Text(value=prompt, description=tr("prompt"), continuous_update=False,
                                         style=wide, layout=widgets.Layout(width="420px"))
-        self.negative_text = widgets.Text(value=negative_prompt, description="negative prompt",
+        self.negative_text = widgets.Text(value=negative_prompt, description=tr("negative prompt"),
                                           continuous_update=False, style=wide, layout=widgets.Layout(width="420px"))
         self.scale_slider = widgets.SelectionSlider(options=[(f"{s:g}", s) for s in scales], value=guidance_scale,
-                                                    description="guidance scale", continuous_update=False,
+                                                    description=tr("guidance scale"), continuous_update=False,
                                                     style=wide, layout=widgets.Layout(width="420px"))
-        self.steps_dropdown = widgets.Dropdown(options=options, value=steps, description="steps",
+        self.steps_dropdown = widgets.Dropdown(options=options, value=steps, description=tr("steps"),
                                                layout=widgets.Layout(width="140px"))
-        self.seed_text = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="140px"))
-        self.generate_button = widgets.Button(description="Generate", button_style="primary",
-                                              tooltip="sample every guidance scale of the slider in one batched pass")
+        self.seed_text = widgets.IntText(value=seed, description=tr("seed"), layout=widgets.Layout(width="140px"))
+        self.generate_button = widgets.Button(description=tr("Generate"), button_style="primary",
+                                              tooltip=tr("sample every guidance scale of the slider in one batched pass"))
         # not stretched to the output's width (a flex column stretches its items): the PNG's own size
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start", max_width="100%",
                                                                           object_fit="contain"))
@@ -203,7 +204,7 @@ class GuidanceExplorer(widgets.VBox):
                 control.observe(self._on_generate, names="value")
             self.generate()
         else:
-            self.status.value = "press Generate to sample every guidance scale in one batched pass"
+            self.status.value = tr("press Generate to sample every guidance scale in one batched pass")
 
     # ------------------------------------------------------------------------------ callbacks
     def _on_slider(self, _change=None) -> None:
@@ -227,7 +228,7 @@ class GuidanceExplorer(widgets.VBox):
             prompt, negative_prompt, steps, seed = key
             self.add_class(CSS_CLASSES["busy"])
             self.generate_button.disabled = True
-            self.status.value = f"sampling {len(self.scales)} guidance scales in one batched pass ..."
+            self.status.value = tr("sampling {count} guidance scales in one batched pass ...", count=len(self.scales))
             try:
                 if not prompt.strip():
                     raise ValueError("the prompt is empty; type what to draw, e.g. a red circle")
@@ -258,13 +259,13 @@ class GuidanceExplorer(widgets.VBox):
             self._cache[key] = to_uint8(from_unit(torch.from_numpy(images)).movedim(-1, 1))
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
-            self._note = (f"{len(self.scales)} scales sampled in one batched pass in {seconds:.1f} s "
-                          f"({steps} steps, seed {seed})")
+            self._note = tr("{count} scales sampled in one batched pass in {seconds:.1f} s ({steps} steps, seed {seed})",
+                            count=len(self.scales), seconds=seconds, steps=steps, seed=seed)
             if caught:
-                self._note += f" · warning: {_first_line(caught[0].message, 160)}"
+                self._note += tr(" · warning: {message}", message=_first_line(caught[0].message, 160))
         else:
             self._cache.move_to_end(key)
-            self._note = f"read from the cache ({key[2]} steps, seed {key[3]})"
+            self._note = tr("read from the cache ({steps} steps, seed {seed})", steps=key[2], seed=key[3])
         self.remove_class(CSS_CLASSES["error"])
         self._shown_key = key
         self.render()
@@ -282,7 +283,7 @@ class GuidanceExplorer(widgets.VBox):
     def render(self) -> None:
         """Show the slider's scale from the cache (nothing is sampled here)."""
         if self._shown_key is None or self._shown_key not in self._cache:
-            self.status.value = "press Generate to sample every guidance scale in one batched pass"
+            self.status.value = tr("press Generate to sample every guidance scale in one batched pass")
             return
         scale = self.scale_slider.value
         png = _png(self.pictures(scale), self.display_size)
@@ -290,4 +291,4 @@ class GuidanceExplorer(widgets.VBox):
         if self.image.layout.width != f"{width}px":
             self.image.layout.width, self.image.layout.height = f"{width}px", f"{height}px"
         self.image.value = png
-        self.status.value = f"guidance scale {scale:g} · {self._note}"
+        self.status.value = tr("guidance scale {scale:g} · {note}", scale=scale, note=self._note)

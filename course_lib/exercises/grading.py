@@ -21,7 +21,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-NOT_DONE = "⏳ Not done yet: replace `raise NotImplementedError()` with your code, run that cell, then this one."
+from ..i18n import tr, translatable
+
+NOT_DONE = translatable("⏳ Not done yet: replace `raise NotImplementedError()` with your code, run that cell, then this one.")
 
 
 @dataclass
@@ -43,16 +45,16 @@ class Case:
 # ---------------------------------------------------------------------------------- the verdicts
 def correct(what: str) -> bool:
     """Print the success line and return True."""
-    print(f"✅ Correct: {what}")
+    print(tr("✅ Correct: {what}", what=what))
     return True
 
 
 def not_yet_lines(problem: str, hint: str, detail: str | None = None) -> list[str]:
     """The lines of a failed check: the problem, optionally where it shows, and a hint."""
-    lines = [f"❌ Not yet: {problem}"]
+    lines = [tr("❌ Not yet: {problem}", problem=problem)]
     if detail:
         lines.append(f"   {detail}")
-    lines.append(f"   Hint: {hint}")
+    lines.append("   " + tr("Hint: {hint}", hint=hint))
     return lines
 
 
@@ -64,27 +66,30 @@ def not_yet(problem: str, hint: str, detail: str | None = None) -> bool:
 
 def too_many_calls(model_name: str, calls: int, where: str, hint: str) -> bool:
     """Right values from more than one forward pass, where the exercise asks for one."""
-    return not_yet(f"the values are right, but your function called {model_name} {calls} times {where}.", hint)
+    return not_yet(tr("the values are right, but your function called {model_name} {calls} times {where}.",
+                      model_name=model_name, calls=calls, where=where), hint)
 
 
 def _raised(error: BaseException, hint: str) -> None:
-    print(f"❌ Your function raised {type(error).__name__}: {_short(error)}")
-    print(f"   Hint: {hint}")
+    print(tr("❌ Your function raised {error_type}: {message}", error_type=type(error).__name__, message=_short(error)))
+    print("   " + tr("Hint: {hint}", hint=hint))
 
 
 def is_function(fn, check_name: str) -> bool:
     """True for a callable; otherwise print that the check wants the function itself."""
     if callable(fn):
         return True
-    print(f"❌ {check_name} needs your function itself, got a {type(fn).__name__}.")
-    print(f"   Hint: pass the name without calling it: {check_name}(my_function), no parentheses after it.")
+    print(tr("❌ {check_name} needs your function itself, got a {type_name}.", check_name=check_name,
+             type_name=type(fn).__name__))
+    print("   " + tr("Hint: {hint}", hint=tr("pass the name without calling it: {check_name}(my_function), no "
+                                            "parentheses after it.", check_name=check_name)))
     return False
 
 
 # ---------------------------------------------------------------------------------- comparing
 def _short(error: BaseException) -> str:
     """The first line of an exception's message, at most 160 characters."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else "(no message)"
+    text = str(error).strip().splitlines()[0] if str(error).strip() else tr("(no message)")
     return text if len(text) <= 160 else text[:157] + "..."
 
 
@@ -117,8 +122,10 @@ def _first_difference(got: torch.Tensor, expected: torch.Tensor) -> str:
     atol = 1e-5 * max(1.0, float(expected64.abs().max()))
     bad = ~torch.isclose(got64, expected64, rtol=1e-4, atol=atol)
     index = tuple(int(i) for i in bad.nonzero()[0]) if bad.any() else ()
-    at = f"At index {index}" if index else "The value"
-    return f"{at}: expected {_fmt(expected64[index])}, got {_fmt(got64[index])}."
+    expected_text, got_text = _fmt(expected64[index]), _fmt(got64[index])
+    if index:
+        return tr("At index {index}: expected {expected}, got {got}.", index=index, expected=expected_text, got=got_text)
+    return tr("The value: expected {expected}, got {got}.", expected=expected_text, got=got_text)
 
 
 def _matching_mistake(got: torch.Tensor, case: Case) -> str | None:
@@ -137,22 +144,26 @@ def wrong_value(got, case: Case, result_name: str, generic_hint: str, shape_hint
     """None when ``got`` equals ``case.expected``; otherwise the lines that say what is wrong."""
     expected = case.expected
     if got is None:
-        return [f"❌ Not yet: your function returned None. Did you forget `return {result_name}`?"]
+        return [tr("❌ Not yet: your function returned None. Did you forget `return {result_name}`?",
+                   result_name=result_name)]
     if not isinstance(got, torch.Tensor):
-        advice = "Convert it with torch.from_numpy(...)." if type(got).__module__ == "numpy" else (
-            "Build the result from the input tensors with torch operations.")
-        return not_yet_lines(f"your function returned a {type(got).__name__}, expected a torch.Tensor "
-                             f"of shape {tuple(expected.shape)}.", advice)
+        advice = tr("Convert it with torch.from_numpy(...).") if type(got).__module__ == "numpy" else (
+            tr("Build the result from the input tensors with torch operations."))
+        return not_yet_lines(tr("your function returned a {type_name}, expected a torch.Tensor of shape {shape}.",
+                                type_name=type(got).__name__, shape=tuple(expected.shape)), advice)
     if close(got, expected):
         return None
     matched = _matching_mistake(got, case)
     if tuple(got.shape) != tuple(expected.shape):
-        return not_yet_lines(f"{result_name} has shape {tuple(got.shape)} {case.where}, expected "
-                             f"{tuple(expected.shape)}.", matched or shape_hint)
+        return not_yet_lines(tr("{result_name} has shape {shape} {where}, expected {expected_shape}.",
+                                result_name=result_name, shape=tuple(got.shape), where=case.where,
+                                expected_shape=tuple(expected.shape)), matched or shape_hint)
     if torch.isfinite(expected).all() and not torch.isfinite(got).all():
-        return not_yet_lines(f"{result_name} contains NaN or inf {case.where}.",
-                             matched or "a square root of a negative number, or a division by zero? " + generic_hint)
-    return not_yet_lines(f"{result_name} is not right {case.where}.", matched or generic_hint,
+        return not_yet_lines(tr("{result_name} contains NaN or inf {where}.", result_name=result_name, where=case.where),
+                             matched or tr("a square root of a negative number, or a division by zero? {hint}",
+                                           hint=generic_hint))
+    return not_yet_lines(tr("{result_name} is not right {where}.", result_name=result_name, where=case.where),
+                         matched or generic_hint,
                          detail=_first_difference(got, expected))
 
 
@@ -162,7 +173,7 @@ def call_learner(fn: Callable, args: tuple, exception_hint: Callable[[BaseExcept
     try:
         return True, fn(*_clone(args))
     except NotImplementedError:
-        print(NOT_DONE)
+        print(tr(NOT_DONE))
     except Exception as error:  # a learner's bug: report it in two lines, no traceback
         _raised(error, exception_hint(error))
     return False, None
@@ -190,11 +201,11 @@ def hint_for_exception(signature: str, formula: str, broadcast: bool = True):
     def hint(error: BaseException) -> str:
         message = str(error)
         if broadcast and ("must match the size" in message or "broadcast" in message):
-            return ("a tensor with one value per image, shape (B,), must be reshaped to (B, 1, 1, 1) to "
-                    "broadcast against images (B, C, H, W): values.view(-1, 1, 1, 1).")
+            return tr("a tensor with one value per image, shape (B,), must be reshaped to (B, 1, 1, 1) to "
+                      "broadcast against images (B, C, H, W): values.view(-1, 1, 1, 1).")
         if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-            return f"your function must take exactly these arguments, in this order: {signature}."
-        return f"compute {formula} with torch operations on the inputs."
+            return tr("your function must take exactly these arguments, in this order: {signature}.", signature=signature)
+        return tr("compute {formula} with torch operations on the inputs.", formula=formula)
 
     return hint
 
