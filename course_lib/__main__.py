@@ -423,7 +423,9 @@ def _what_and_fix(message: str, command: str) -> str:
         return message
     parts = re.split(r"(?<=[^.\s])\.\s+(?=[A-Z(`'\"-])", message, maxsplit=1)
     if len(parts) == 2:
-        fix = parts[1][0].lower() + parts[1][1:] if parts[1][1:2].islower() else parts[1]
+        first_word = parts[1].split()[0]
+        # "Use ..." -> "use ...", "A seed ..." -> "a seed ...", but "CUDA ..." stays
+        fix = parts[1][0].lower() + parts[1][1:] if len(first_word) == 1 or first_word[1].islower() else parts[1]
         return f"{parts[0]} — {fix}"
     return f"{message.rstrip('.')} — see python -m course_lib {command} --help"
 

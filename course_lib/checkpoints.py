@@ -247,7 +247,7 @@ def _read_journal(base: Path) -> dict | None:
     path = _journal_path(base)
     try:
         journal = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no journal; or the "folder" is a file: no checkpoint
         return None
     except (OSError, ValueError) as error:  # it is written atomically: only outside damage gets here
         raise CheckpointError(path, f"the journal of a save is unreadable ({error})",
@@ -448,7 +448,8 @@ def read_config(path: str | os.PathLike, fix: str | None = None, base: Path | No
         raise CheckpointError(path, f"is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})",
                               fix) from None
     if not isinstance(config, dict):
-        raise CheckpointError(path, f"holds a JSON {type(config).__name__}, expected an object {{...}}", fix)
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(config), "null")
+        raise CheckpointError(path, f"holds a JSON {kind}, expected an object {{...}}", fix)
     return config
 
 

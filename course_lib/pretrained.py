@@ -68,6 +68,9 @@ def load_course_model(name: str, device: str | torch.device | None = None,
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a checkpoint name such as 'digits-ddpm', got {name!r}.")
     folder = _folder(directory)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(folder, "is a file, not a folder of checkpoints",
+                              "give the folder that holds NAME.safetensors and NAME.json")
     present = checkpoint_files(folder / name)
     missing = [f"{name}{suffix}" for key, suffix in (("weights", ".safetensors"), ("config", ".json"))
                if not present[key]]

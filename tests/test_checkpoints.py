@@ -198,6 +198,7 @@ def test_a_pickle_renamed_safetensors_is_never_unpickled(saved, protocol):
     ('{"step": 1,', r"m.json: is not valid JSON \(Expecting property name enclosed in double quotes at line 1, "
                     r"column 12\) — train it again"),
     ("[1, 2]", r"m.json: holds a JSON list, expected an object"),
+    ("null", r"m.json: holds a JSON null, expected an object"),
     (b"\xff\xfe{}", r"m.json: is not UTF-8 text"),
 ])
 def test_invalid_json(saved, text, message):

@@ -430,3 +430,4 @@ def test_messages_become_what_is_wrong_and_what_to_do():
     assert _what_and_fix("scale 0.5 is too small.", "generate") == \
         "scale 0.5 is too small — see python -m course_lib generate --help"
     assert _what_and_fix("got 2.5. CUDA is missing.", "train") == "got 2.5 — CUDA is missing."
+    assert _what_and_fix("got -1. A seed is a whole number.", "generate") == "got -1 — a seed is a whole number."

@@ -128,3 +128,9 @@ def test_every_shipped_checkpoint_loads_bit_identical_to_its_file():
         assert set(raw) <= set(state)
         for key, value in raw.items():
             assert value.dtype == state[key].dtype and torch.equal(value, state[key]), (name, key)
+
+
+def test_a_checkpoint_folder_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "not-a-folder").write_text("x")
+    with pytest.raises(CheckpointError, match=r"not-a-folder: is a file, not a folder of checkpoints — give the folder"):
+        load_course_model("digits-ddpm", directory=tmp_path / "not-a-folder")

@@ -196,6 +196,7 @@ def test_a_second_ctrl_c_inside_the_optimizer_step_saves_nothing(tmp_path, monke
 # ------------------------------------------------------------------------------ recipes, errors
 
 
+@pytest.mark.slow
 def test_digits_ddpm_recipe_trains_one_step(tmp_path):
     recipe = RECIPES["digits-ddpm"]
     assert get_recipe("digits-ddpm") is recipe
