@@ -204,9 +204,7 @@ def main(argv=None) -> dict:
     def build():
         """The course's pipeline and diffusers' copy of it, with the same weights (the same seed each time)."""
         ours = StableDiffusion.with_random_weights(args.size, device=args.device, dtype=bench.dtype)
-        # StableDiffusion.to(float16) keeps a force_upcast VAE (SD v1.5's config says so) in float32;
-        # diffusers' StableDiffusionPipeline decodes in the pipeline's dtype: the same here, for the same work
-        ours.vae.to(bench.dtype)
+        # the VAE decodes in the pipeline's dtype, as in diffusers' StableDiffusionPipeline: the same work
         ours.set_progress_bar_config(disable=True)
         return ours, diffusers_copy(diffusers, ours, args.device, bench.dtype) if diffusers else None
 
@@ -355,7 +353,6 @@ def main(argv=None) -> dict:
             bench.save()
         row("eager, float32")
         pipe.to(bench.dtype)
-        pipe.vae.to(bench.dtype)
         row(f"eager, {args.dtype}")
         pipe.unet.check_values = pipe.vae.check_values = False
         row("+ no value checks (no host sync per step)")

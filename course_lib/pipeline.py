@@ -193,8 +193,8 @@ class StableDiffusion:
             error, never replaced by another), or a hub repo id; default: $COURSE_SD_PATH if set,
             else SD v1.5's repo id. $COURSE_SD_PATH names the local copy of SD v1.5, and stands in
             for its repo id only
-        :param dtype: torch.float16 on a GPU halves memory and time (the VAE decodes in float32 when
-            its config asks for force_upcast); default float32
+        :param dtype: torch.float16 on a GPU halves memory and time (the VAE too, as in diffusers'
+            StableDiffusionPipeline); default float32
         :param device: e.g. "cuda" (default: the CPU)
         """
         return cls(*load_sd_folder(path_or_repo_id)).to(device, dtype or torch.float32)
@@ -261,8 +261,10 @@ class StableDiffusion:
            dtype: torch.dtype | None = None) -> "StableDiffusion":
         """Move the models (``pipe.to("cuda", torch.float16)``; ``pipe.to(torch.float16)`` works too).
 
-        In float16 a VAE whose config has force_upcast (SD v1.x's) stays in float32: its decoder's
-        activations overflow float16's range (65504) and the images come out black or NaN.
+        The VAE moves to the same dtype, as in diffusers' ``StableDiffusionPipeline``, which decodes
+        SD v1.x in float16 (the ``force_upcast`` of a VAE config is read by diffusers' SDXL pipelines
+        only: SDXL's VAE overflows float16). To decode in float32 anyway, move the VAE afterwards,
+        ``pipe.vae.to(torch.float32)``: the latents are cast to the VAE's dtype before decoding.
 
         :return: self
         """
@@ -270,12 +272,8 @@ class StableDiffusion:
             device, dtype = None, device
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype such as torch.float16, got {dtype}.")
-        vae_dtype = dtype
-        if dtype == torch.float16 and self.vae.config.force_upcast:
-            vae_dtype = torch.float32
-        self.unet.to(device=device, dtype=dtype)
-        self.text_encoder.to(device=device, dtype=dtype)
-        self.vae.to(device=device, dtype=vae_dtype)
+        for module in (self.unet, self.text_encoder, self.vae):
+            module.to(device=device, dtype=dtype)
         return self
 
     def optimize(self, dtype: torch.dtype | str | None = "auto", *, channels_last: bool = True,
@@ -728,7 +726,7 @@ class StableDiffusion:
         """Images from the UNet's latents: x = D(z / s), s = vae.config.scaling_factor.
 
         :param latents: s * z, (N, C_z, h, w)
-        :return: images (N, 3, h * f, w * f), roughly in [-1, 1], in the VAE's dtype (float32 when upcast)
+        :return: images (N, 3, h * f, w * f), roughly in [-1, 1], in the VAE's dtype
         """
         vae_dtype = next(self.vae.parameters()).dtype
         # z = latents / s: the UNet was trained on s * z

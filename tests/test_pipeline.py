@@ -173,12 +173,16 @@ def test_callback_and_progress_bar(pipe, capsys):
         pipe.set_progress_bar_config(disable=True)
 
 
-def test_to_keeps_a_force_upcast_vae_in_float32(mini_sd_folder):
+def test_to_moves_the_vae_to_the_pipelines_dtype(mini_sd_folder):
     pipe = StableDiffusion.from_course("mini-sd", directory=mini_sd_folder, dtype=torch.float16)
+    assert pipe.vae.config.force_upcast  # SD v1.x's config has it; diffusers' SD pipeline ignores it
     assert pipe.dtype == torch.float16 and pipe.text_encoder.dtype == torch.float16
-    assert next(pipe.vae.parameters()).dtype == torch.float32  # force_upcast: decodes in float32
+    assert next(pipe.vae.parameters()).dtype == torch.float16  # decodes in float16, as diffusers' SD pipeline
+    pipe.vae.to(torch.float32)  # decoding in float32 anyway: the latents are cast to the VAE's dtype
+    latents = torch.zeros((1, 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2), dtype=torch.float16)
+    assert pipe.decode_latents(latents).dtype == torch.float32
     pipe.to(torch.bfloat16)
-    assert next(pipe.vae.parameters()).dtype == torch.bfloat16  # no overflow risk in bfloat16
+    assert next(pipe.vae.parameters()).dtype == torch.bfloat16
     pipe.to("cpu", torch.float32)
     assert pipe.dtype == torch.float32 and pipe.device == torch.device("cpu")
     with pytest.raises(TypeError, match="floating-point dtype"):
@@ -401,6 +405,25 @@ def test_matches_diffusers_with_a_seed_and_several_images_per_prompt(diffusers_p
             num_inference_steps=3, guidance_scale=7.5, seed=3)
 
 
+def test_float16_decodes_in_float16_as_diffusers_does(clip_tokenizer):
+    """diffusers' StableDiffusionPipeline in float16 decodes in float16 (its VAE config's force_upcast is read by the
+    SDXL pipelines only), and so does ours: the decoder sees float16 latents in both."""
+    diffusers = pytest.importorskip("diffusers")
+    theirs = make_diffusers_pipe(diffusers, clip_tokenizer).to(torch.float16)
+    ours = StableDiffusion.from_diffusers(theirs)
+    ours.set_progress_bar_config(disable=True)
+    assert theirs.vae.config.force_upcast and ours.vae.config.force_upcast
+    seen = {}
+    for name, pipe in (("theirs", theirs), ("ours", ours)):
+        def record(module, args, name=name):
+            seen[name] = args[0].dtype
+
+        hook = pipe.vae.post_quant_conv.register_forward_pre_hook(record)
+        pipe("a red circle", num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np")
+        hook.remove()
+    assert seen == {"theirs": torch.float16, "ours": torch.float16}
+
+
 @pytest.mark.slow
 def test_matches_diffusers_with_sd15_block_structure(clip_tokenizer):
     diffusers = pytest.importorskip("diffusers")
@@ -473,7 +496,7 @@ def test_float16_on_cuda_is_close_to_float32_on_cpu(mini_sd_folder):
     for p in (cpu, gpu):
         p.set_progress_bar_config(disable=True)
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float16
-    assert next(gpu.vae.parameters()).dtype == torch.float32
+    assert next(gpu.vae.parameters()).dtype == torch.float16  # as diffusers' StableDiffusionPipeline
     # a CPU generator gives the same starting noise on the GPU
     sampler = gpu.make_sampler("ddim")
     sampler.set_timesteps(3)

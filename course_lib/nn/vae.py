@@ -332,7 +332,7 @@ class VAEConfig(NetworkConfig):
     norm_num_groups: int = 32  # GroupNorm groups everywhere
     sample_size: int | tuple[int, int] = 32  # image size it was trained at; informative only
     scaling_factor: float = 0.18215  # s: the UNet sees s * z (SD v1.x: 0.18215)
-    force_upcast: bool = True  # run in float32 even when the pipeline uses float16; informative only
+    force_upcast: bool = True  # diffusers' config key (read by its SDXL pipelines only); informative here
     mid_block_add_attention: bool = True  # self-attention in the mid blocks
     use_quant_conv: bool = True  # 1x1 conv after the encoder
     use_post_quant_conv: bool = True  # 1x1 conv before the decoder
