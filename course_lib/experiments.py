@@ -1,5 +1,6 @@
-"""The measured experiments of lessons 04-05 and 09: guidance sweeps on the digits and the sampler
-sweep of the mini Stable Diffusion (``sampler_sweep``), cached on disk.
+"""The measured experiments of lessons 04-05, 08 and 09: guidance sweeps on the digits, a negative
+prompt at several guidance scales (``negative_prompt_sweep``) and the sampler sweep of the mini
+Stable Diffusion (``sampler_sweep``), cached on disk.
 
 A sweep samples 10 * per_class digits (per_class of each class) at every guidance strength, all
 strengths in ONE batched sampling run (the guidance scale may differ per image), and scores each
@@ -26,13 +27,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .captions import ATTRIBUTES
+from .captions import ATTRIBUTES, IMAGE_SIZE
 from .checks import check_choice, check_int_range, check_number
 from .datasets import digits_tensors, render_shape, shapes_tensors
 from .files import atomic_write, atomic_write_text
 from .guidance import cfg_denoiser, classifier_guided_denoiser
 from .metrics import (clip_image_features, feature_statistics, gaussian_frechet_distance, sample_report,
                       shapes_judge_report, shapes_prompt_grid)
+from .nn.classifier import split_attribute_logits
 from .nn.text import clip_score, tokenize_prompts
 from .pipeline import MINI_SD_TOKENIZER, StableDiffusion
 from .pixels import from_uint8, from_unit
@@ -219,15 +221,19 @@ def sweep_prompts(num_prompts: int = 16) -> list[dict]:
     return chosen
 
 
-def _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed) -> str:
-    digest = hashlib.sha256(json.dumps(["samplers-v1", samplers, steps, num_prompts, guidance_scale,
-                                        seed]).encode())
+def _mini_sd_key(prefix: str, arguments: list) -> str:
+    """A cache key for a measurement of the mini SD: its arguments and the bytes of the checkpoints it uses."""
+    digest = hashlib.sha256(json.dumps(arguments).encode())
     for name in SAMPLER_SWEEP_CHECKPOINTS:
         digest.update((checkpoint_dir() / f"{name}.safetensors").read_bytes())
     tokenizer_file = checkpoint_dir() / MINI_SD_TOKENIZER / "tokenizer.json"
     if tokenizer_file.is_file():
         digest.update(tokenizer_file.read_bytes())
-    return f"samplers-{digest.hexdigest()[:16]}"
+    return f"{prefix}-{digest.hexdigest()[:16]}"
+
+
+def _sampler_sweep_key(samplers, steps, num_prompts, guidance_scale, seed) -> str:
+    return _mini_sd_key("samplers", ["samplers-v1", samplers, steps, num_prompts, guidance_scale, seed])
 
 
 @torch.no_grad()
@@ -308,3 +314,96 @@ def sampler_sweep(samplers=("ddpm", "ddim", "euler", "dpmsolver"), steps=(5, 10,
 
 
 __all__ += ["SamplerSweepResult", "SAMPLER_SWEEP_CHECKPOINTS", "sampler_sweep", "sweep_prompts"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesson 08: one prompt with a negative prompt at several guidance scales, read by the shapes judge
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NegativePromptSweepResult:
+    """The mini SD's pictures of one prompt and one negative prompt at several guidance scales.
+
+    ``images[i]`` are the pictures at ``scales[i]``, uint8 (N, 3, 64, 64); picture k of every scale
+    starts from the same noise. ``colors[i][k]`` and ``shapes[i][k]`` are what the shapes judge reads
+    in picture k at ``scales[i]`` (names from ``captions.ATTRIBUTES``).
+    """
+
+    prompt: str
+    negative_prompt: str
+    scales: list[float]
+    num_images: int
+    steps: int
+    seed: int
+    images: torch.Tensor  # (S, N, 3, 64, 64) uint8
+    colors: list[list[str]]
+    shapes: list[list[str]]
+    from_cache: bool = False
+
+    def tally(self, attribute: str, value: str) -> list[int]:
+        """How many pictures the judge reads as ``value`` at each scale, e.g. ``tally("color", "cyan")``."""
+        readings = {"color": self.colors, "shape": self.shapes}[check_choice(attribute, ("color", "shape"),
+                                                                              "attribute")]
+        return [sum(read == value for read in at_scale) for at_scale in readings]
+
+
+@torch.no_grad()
+def negative_prompt_sweep(prompt: str = "a circle", negative_prompt: str = "red", scales=(7.5,),
+                          num_images: int = 16, steps: int = 20, seed: int = 1,
+                          use_cache: bool = True) -> NegativePromptSweepResult:
+    """The mini SD at several guidance scales with a negative prompt, read by the shapes judge (lesson 08).
+
+    Every scale starts from the same noise, ``torch.randn((num_images, 4, 8, 8))`` drawn with
+    ``torch.Generator().manual_seed(seed)``, and runs ``steps`` DDIM steps through
+    ``StableDiffusion.__call__``. Each scale is sampled in a call of its own and cached on its own
+    (keyed like :func:`sampler_sweep`'s), so a scale's pictures never depend on which other scales
+    were asked for with it: a check that measures one scale sees what a sweep showed there.
+
+    :param prompt: the prompt
+    :param negative_prompt: the negative prompt ("" = the plain unconditional branch)
+    :param scales: guidance scales (diffusers' meaning: 1 or less = no guidance, and no negative prompt)
+    :param num_images: pictures per scale
+    :param steps: DDIM steps
+    :param seed: seed of the starting noise
+    :param use_cache: read and write the cache
+    """
+    scales = [check_number(s, "guidance scale", minimum=0.0) for s in scales]
+    if not scales:
+        raise ValueError("scales is empty: give at least one guidance scale, e.g. [1, 3, 7.5].")
+    check_int_range(num_images, "num_images", 1, 256)
+    check_int_range(steps, "steps", 1, 1000)
+    pipe = judge = None
+    images, colors, shapes, all_cached = [], [], [], True
+    for scale in scales:
+        key = _mini_sd_key("negative", ["negative-v1", prompt, negative_prompt, scale, num_images, steps, seed])
+        cached = _read_cache(key) if use_cache else None
+        if cached is not None:
+            tensors, info = cached
+        else:
+            all_cached = False
+            if pipe is None:
+                pipe = StableDiffusion.from_course("mini-sd")
+                pipe.set_progress_bar_config(disable=True)
+                judge, _ = load_course_model("shapes-judge")
+            size = IMAGE_SIZE // pipe.vae_scale_factor  # the shapes world's 64 px in latents
+            noise = torch.randn((num_images, pipe.unet.config.in_channels, size, size),
+                                generator=torch.Generator().manual_seed(seed))
+            pictures = pipe(prompt, negative_prompt=negative_prompt, height=IMAGE_SIZE, width=IMAGE_SIZE,
+                            num_inference_steps=steps, guidance_scale=scale, num_images_per_prompt=num_images,
+                            latents=noise, output_type="np")  # (N, H, W, 3) in [0, 1]
+            # round(255 u), as course_lib.pixels.to_uint8; (N, H, W, 3) -> (N, 3, H, W)
+            uint8 = torch.from_numpy(np.round(pictures * 255)).to(torch.uint8).permute(0, 3, 1, 2).contiguous()
+            heads = split_attribute_logits(judge(from_uint8(uint8.permute(0, 2, 3, 1))))
+            tensors = {"images": uint8}
+            info = {name: [ATTRIBUTES[name][k] for k in heads[name].argmax(1).tolist()] for name in ("color", "shape")}
+            if use_cache:
+                _write_cache(key, tensors, info)
+        images.append(tensors["images"])
+        colors.append(info["color"])
+        shapes.append(info["shape"])
+    return NegativePromptSweepResult(prompt, negative_prompt, scales, num_images, steps, seed, torch.stack(images),
+                                     colors, shapes, from_cache=all_cached)
+
+
+__all__ += ["NegativePromptSweepResult", "negative_prompt_sweep"]
