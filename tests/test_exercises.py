@@ -235,6 +235,7 @@ ALL_CHECKS = [
     (exercises.check_bayes_score, 3),
     (exercises.check_cfg, 3),
     (exercises.check_batch_of_two, 5),
+    (exercises.check_guidance_comparison, 1),
     (exercises.check_kl_diagonal_gaussian, 2),  # lesson 06
     (exercises.check_reparameterise, 3),
     (exercises.check_cross_attention, 3),  # lesson 07

@@ -38,6 +38,9 @@ check                            the learner's function                         
 ``check_cfg``                    fn(eps_uncond, eps_cond, guidance_scale)       05
 ``check_batch_of_two``           fn(model, x, t, labels, null_label)            05
                                  -> (eps_uncond, eps_cond), one forward pass
+``check_guidance_comparison``    fn(scale) -> "classifier", "cfg" or "same":    05
+                                 which guidance the judge reads as asked more
+                                 often at λ = 0, 1, 10: predict, then run
 ``check_kl_diagonal_gaussian``   fn(mean, logvar) -> KL(q(z|x) || N(0, I))      06
                                  per image, shape (B,)
 ``check_reparameterise``         fn(mean, logvar, eps) -> z = mu + sigma·eps    06
@@ -65,7 +68,7 @@ from .lesson01 import check_alpha_bar, check_q_sample
 from .lesson02 import check_ddim_step, check_pred_x0
 from .lesson03 import check_guidance_prediction, check_noised_component, check_tweedie
 from .lesson04 import check_bayes_score, check_classifier_guided_eps
-from .lesson05 import check_batch_of_two, check_cfg
+from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
 from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention
 from .lesson08 import check_decode_latents, check_guided_noise
@@ -83,6 +86,7 @@ __all__ = [
     "check_bayes_score",
     "check_cfg",
     "check_batch_of_two",
+    "check_guidance_comparison",
     "check_kl_diagonal_gaussian",
     "check_reparameterise",
     "check_cross_attention",

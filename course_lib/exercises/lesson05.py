@@ -1,4 +1,5 @@
-"""The exercises of lesson 05, classifier-free guidance: the formula and the batch-of-two trick."""
+"""The exercises of lesson 05, classifier-free guidance: the formula, the batch-of-two trick, and a
+prediction about both guidances on one λ axis."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..experiments import guidance_sweep
 from ..guidance import cfg
+from ..sample_stats import proportion_interval
 from .grading import (
     Case, CountingModel, call_learner, close, correct, grade, hint_for_exception, is_function, not_yet,
     seeded, timesteps_text, too_many_calls, wrong_value,
 )
 
-__all__ = ["check_cfg", "check_batch_of_two"]
+__all__ = ["check_cfg", "check_batch_of_two", "check_guidance_comparison"]
 
 _CFG_CASES = [((1, 4, 8, 8), 7.5), ((3, 1, 16, 16), 2.0), ((2, 3, 8, 8), 1.0)]
 
@@ -176,3 +179,94 @@ def check_batch_of_two(fn: Callable) -> bool:
                                   f"the batch-of-two trick needs ONE forward pass: {_ONE_PASS}")
     return correct("one forward pass over torch.cat([x, x]) gives the same eps_uncond and eps_cond as two "
                    "separate passes (3 batches, one t per image).")
+
+
+# ---------------------------------------------------------------------------------- predict, then run
+# The sweeps the check reads, with the arguments of lessons 04 and 05 so that they come from the cache
+# those lessons filled (experiments.guidance_sweep: 5 samples of each digit, 50 DDIM steps, seed 0).
+SWEEP_STRENGTHS = {"classifier": ([0.0, 1.0, 2.0, 5.0, 10.0],), "cfg": ([1.0, 2.0, 3.0, 5.0], [0.0, 10.0])}
+COMPARED_SCALES = (0.0, 1.0, 10.0)
+_ANSWERS = ("classifier", "cfg", "same")
+_WHY = {
+    0.0: "at λ = 0 neither method looks at the label: classifier guidance is digits-ddpm alone, and CFG is "
+         "cfg(eps_uncond, eps_cond, 0) = eps_uncond, the null label's branch alone. Both are unconditional models, "
+         "so how often would the judge read the asked digit?",
+    1.0: "at λ = 1 both target p(x | y) (eq. 5 = eq. 8). CFG's guided eps is cfg(u, c, 1) = eps_cond, the conditional "
+         "network itself; classifier guidance builds the conditional score from an unconditional network plus one "
+         "unit of a noisy classifier's gradient, which its training never asked to be right. Which approximates "
+         "∇log p_t(x_t | y) better?",
+    10.0: "at a large λ both methods push the samples until the judge reads the asked digit nearly always; are "
+          "98 % and 100 % of 50 samples told apart by their 90 % intervals?",
+}
+
+
+def _accuracy_counts() -> dict[str, dict[float, tuple[int, int]]]:
+    """(samples read as asked, samples) of each method at each compared λ, from the cached sweeps.
+
+    :return: {"classifier": {λ: (k, n)}, "cfg": {λ: (k, n)}}
+    """
+    counts: dict[str, dict[float, tuple[int, int]]] = {}
+    for method, groups in SWEEP_STRENGTHS.items():
+        counts[method] = {}
+        for strengths in groups:
+            sweep = guidance_sweep(method, strengths, per_class=5, steps=50, progress=False)
+            n = 10 * sweep.per_class
+            for strength, report in zip(sweep.strengths, sweep.reports):
+                if strength in COMPARED_SCALES:
+                    counts[method][strength] = (round(report["accuracy"] * n), n)
+    return counts
+
+
+def compare_accuracies(classifier: tuple[int, int], free: tuple[int, int], level: float = 0.9) -> str:
+    """Which method the judge reads as asked more often: "classifier", "cfg", or "same" when the two
+    Wilson intervals (:func:`course_lib.sample_stats.proportion_interval`) overlap.
+
+    :param classifier: (k, n) of classifier guidance
+    :param free: (k, n) of classifier-free guidance
+    """
+    low_c, high_c = proportion_interval(*classifier, level=level)
+    low_f, high_f = proportion_interval(*free, level=level)
+    if low_f > high_c:
+        return "cfg"
+    if low_c > high_f:
+        return "classifier"
+    return "same"
+
+
+def check_guidance_comparison(fn: Callable) -> bool:
+    """Check a prediction ``fn(scale) -> "classifier" | "cfg" | "same"`` (lesson 05, predict then run).
+
+    For λ = 0, 1 and 10, the learner predicts which guidance the judge reads as the asked digit more
+    often on the digits: classifier guidance (digits-ddpm + the noisy classifier) or classifier-free
+    guidance (digits-cfg), or "same" when the 90 % intervals of the two rates overlap. The check reads
+    the measured rates from the guidance sweeps of lessons 04 and 05 (50 samples per λ; cached) and
+    compares.
+
+    :param fn: the learner's function of one number λ
+    :return: True if every prediction agrees with the measurement
+    """
+    if not is_function(fn, "check_guidance_comparison"):
+        return False
+    exception_hint = hint_for_exception("(scale)", 'one of "classifier", "cfg" or "same"', broadcast=False)
+    predictions = {}
+    for scale in COMPARED_SCALES:
+        ok, got = call_learner(fn, (scale,), exception_hint)
+        if not ok:
+            return False
+        if got is None:
+            return not_yet(f"your function returned None for scale = {scale:g}.",
+                           'return one of "classifier", "cfg" or "same".')
+        if got not in _ANSWERS:
+            return not_yet(f"for scale = {scale:g} your function returned {got!r}.",
+                           'return exactly one of the strings "classifier", "cfg" or "same".')
+        predictions[scale] = got
+    counts = _accuracy_counts()
+    for scale in COMPARED_SCALES:
+        measured = compare_accuracies(counts["classifier"][scale], counts["cfg"][scale])
+        if predictions[scale] != measured:
+            (k_c, n), (k_f, _) = counts["classifier"][scale], counts["cfg"][scale]
+            return not_yet(
+                f"at λ = {scale:g} you predicted {predictions[scale]!r}; the judge read {k_c}/{n} of classifier "
+                f"guidance's samples and {k_f}/{n} of CFG's as asked, which makes {measured!r}.", _WHY[scale])
+    return correct("at λ = 0 both are unconditional (chance), at λ = 1 CFG is the conditional network itself and "
+                   "beats a classifier's gradient, at λ = 10 both saturate: one λ, two networks.")
