@@ -242,6 +242,7 @@ ALL_CHECKS = [
     (exercises.check_clip_contrastive_loss, 3),
     (exercises.check_guided_noise, 6),  # lesson 08
     (exercises.check_decode_latents, 2),
+    (exercises.check_cyan_scale, 1),
     (exercises.check_euler_step, 4),  # lesson 09
     (exercises.check_img2img_timesteps, 2),
 ]

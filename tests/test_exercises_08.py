@@ -1,4 +1,5 @@
-"""Tests of lesson 08's exercise checks: the guided noise of the batch of two, and decoding the latents.
+"""Tests of lesson 08's exercise checks: the guided noise of the batch of two, decoding the latents, and the
+guidance scale at which the negative prompt "red" turns every circle cyan (graded by measuring).
 
 As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
 "✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
@@ -203,3 +204,96 @@ def test_decode_errors_are_explained(capsys):
 def test_exports():
     assert "check_guided_noise" in exercises.__all__
     assert "check_decode_latents" in exercises.__all__
+
+
+# ============================================================================ exercise 8.3: the cyan scale
+class FakeSweep:
+    """What negative_prompt_sweep returns, for a made-up model whose circles all turn cyan from ``threshold`` on."""
+
+    def __init__(self, scales, threshold, num_images):
+        self.colors = [["cyan"] * num_images if scale >= threshold else ["cyan"] * (num_images - 3) + ["blue"] * 3
+                       for scale in scales]
+
+    def tally(self, attribute, value):
+        assert attribute == "color"
+        return [row.count(value) for row in self.colors]
+
+
+@pytest.fixture()
+def fake_model(monkeypatch):
+    """Replace the measurement with a made-up model (threshold 3.7 unless changed); record the scales measured."""
+    from course_lib.exercises import lesson08
+
+    state = {"threshold": 3.7, "measured": []}
+
+    def sweep(scales, num_images, **experiment):
+        assert experiment == {k: v for k, v in lesson08.CYAN_EXPERIMENT.items() if k != "num_images"}
+        state["measured"].extend(scales)
+        return FakeSweep(scales, state["threshold"], num_images)
+
+    monkeypatch.setattr(lesson08, "negative_prompt_sweep", sweep)
+    return state
+
+
+def cyan_grid_search(count_cyan):
+    for scale in (3.0, 3.5, 4.0, 4.5):
+        if count_cyan(scale) == 16:
+            return scale
+
+
+def cyan_bisection(count_cyan):
+    low, high = 2.5, 5.0  # some not cyan at 2.5, all cyan at 5 (lesson 08's strip)
+    while high - low > 0.5:
+        middle = (low + high) / 2
+        low, high = (low, middle) if count_cyan(middle) == 16 else (middle, high)
+    return high
+
+
+@pytest.mark.parametrize("fn", [cyan_grid_search, cyan_bisection, lambda count_cyan: 4.0,
+                                lambda count_cyan: torch.tensor(3.9)], ids=["grid", "bisection", "constant", "tensor"])
+def test_cyan_scale_right_answers_pass(fn, fake_model, capsys):
+    assert_correct(exercises.check_cyan_scale, fn, capsys)
+    below, answer = fake_model["measured"][-2:]  # the check measured the answer and 0.5 below it
+    assert answer - below == pytest.approx(0.5) and 3.7 <= answer < 4.2
+
+
+def test_cyan_scale_is_graded_by_measuring_not_by_a_stored_answer(fake_model, capsys):
+    fake_model["threshold"] = 6.2
+    verdict, out = run(exercises.check_cyan_scale, lambda count_cyan: 4.0, capsys)
+    assert verdict is False and "reads 13 of the 16 pictures as cyan (the others: 3 blue)" in out
+    assert "try a larger scale" in out
+    assert_correct(exercises.check_cyan_scale, lambda count_cyan: 6.5, capsys)
+
+
+@pytest.mark.parametrize("answer, hint", [
+    (3.5, "try a larger scale"),
+    (5.0, "already at 4.5 as well"),
+    (1.0, "there is no guidance"),
+    (0.5, "skips the batch of two when guidance_scale <= 1"),
+    (100.0, "far outside the scales"),
+    ("4", "expected one guidance scale (a number)"),
+    (float("nan"), "expected one guidance scale"),
+    (True, "expected one guidance scale"),
+])
+def test_cyan_scale_mistakes_get_their_hint(answer, hint, fake_model, capsys):
+    verdict, out = run(exercises.check_cyan_scale, lambda count_cyan: answer, capsys)
+    assert verdict is False
+    assert out.startswith("❌ Not yet")
+    assert hint in out, out
+
+
+@pytest.mark.slow
+def test_cyan_scale_check_agrees_with_the_shipped_mini_sd(tmp_path, monkeypatch, capsys):
+    """On the shipped mini SD (fresh cache): the smallest all-cyan scale of the 0.5 grid passes, its neighbours fail."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    from course_lib.exercises.lesson08 import count_cyan
+
+    grid = [2.5, 3.0, 3.5, 4.0, 4.5, 5.0]
+    counts = [count_cyan(scale) for scale in grid]
+    assert counts[0] < 16 and counts[-1] == 16  # the strip's bracket (2.5, 5] holds on the shipped model
+    first = grid[next(i for i, n in enumerate(counts) if n == 16)]
+    assert_correct(exercises.check_cyan_scale, cyan_grid_search if first <= 4.5 else (lambda c: first), capsys)
+    assert_correct(exercises.check_cyan_scale, lambda count_cyan: first, capsys)
+    assert run(exercises.check_cyan_scale, lambda count_cyan: first - 0.5, capsys)[0] is False
+    if counts[grid.index(first) + 1:] == [16] * (len(grid) - grid.index(first) - 1) and first + 0.5 in grid:
+        assert run(exercises.check_cyan_scale, lambda count_cyan: first + 0.5, capsys)[0] is False

@@ -52,6 +52,9 @@ check                            the learner's function                         
                                  negative_prompt_embeds, guidance_scale) -> eps,
                                  one UNet pass over the batch of two
 ``check_decode_latents``         fn(vae, latents) -> images in [0, 1]           08
+``check_cyan_scale``             fn(count_cyan) -> the smallest guidance scale  08
+                                 at which the negative prompt "red" turns every
+                                 circle cyan, graded by measuring
 ``check_euler_step``             fn(x, eps, sigma, sigma_next) -> x_next,       09
                                  one Euler step of the ODE in sigma
 ``check_img2img_timesteps``      fn(timesteps, strength) -> the timesteps       09
@@ -71,7 +74,7 @@ from .lesson04 import check_bayes_score, check_classifier_guided_eps
 from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
 from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention
-from .lesson08 import check_decode_latents, check_guided_noise
+from .lesson08 import check_cyan_scale, check_decode_latents, check_guided_noise
 from .lesson09 import check_euler_step, check_img2img_timesteps
 
 __all__ = [
@@ -93,6 +96,7 @@ __all__ = [
     "check_clip_contrastive_loss",
     "check_guided_noise",
     "check_decode_latents",
+    "check_cyan_scale",
     "check_euler_step",
     "check_img2img_timesteps",
 ]

@@ -1,20 +1,24 @@
-"""The exercises of lesson 08, the Stable Diffusion pipeline: the guided noise of one step and decoding the latents."""
+"""The exercises of lesson 08, the Stable Diffusion pipeline: the guided noise of one step, decoding the
+latents, and the guidance scale at which a negative prompt turns every circle cyan."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from types import SimpleNamespace
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..experiments import negative_prompt_sweep
 from ..guidance import cfg
 from .grading import (
-    Case, CountingModel, call_learner, correct, grade, is_function, not_yet, seeded, too_many_calls,
-    wrong_value,
+    Case, CountingModel, call_learner, correct, grade, hint_for_exception, is_function, not_yet, seeded,
+    too_many_calls, wrong_value,
 )
 
-__all__ = ["check_guided_noise", "check_decode_latents"]
+__all__ = ["check_guided_noise", "check_decode_latents", "check_cyan_scale", "count_cyan"]
 
 
 class _ToyTextDenoiser(nn.Module):
@@ -235,3 +239,70 @@ def check_decode_latents(fn: Callable) -> bool:
                    "makes PIL images.",
         exception_hint=exception_hint,
     )
+
+
+# the measurement of exercise 8.3: lesson 08's strip, 16 pictures per scale, 20 DDIM steps, noise seed 1
+CYAN_EXPERIMENT = {"prompt": "a circle", "negative_prompt": "red", "num_images": 16, "steps": 20, "seed": 1}
+CYAN_RESOLUTION = 0.5  # the learner's scale is the smallest to within this
+_LARGEST_SCALE = 30.0
+
+
+def count_cyan(scale: float) -> int:
+    """How many of exercise 8.3's 16 pictures the shapes judge reads as cyan at guidance scale ``scale``.
+
+    "a circle" with the negative prompt "red", lesson 08's 16 starting noises, 20 DDIM steps
+    (:func:`course_lib.experiments.negative_prompt_sweep` with ``CYAN_EXPERIMENT``, cached per scale).
+    """
+    return negative_prompt_sweep(scales=[scale], **CYAN_EXPERIMENT).tally("color", "cyan")[0]
+
+
+def check_cyan_scale(fn: Callable) -> bool:
+    """Check ``fn(count_cyan) -> λ``: the smallest guidance scale, to within 0.5, at which the negative prompt
+    "red" turns all 16 pictures of "a circle" cyan (lesson 08). Graded by measuring, not by a stored answer.
+
+    The learner's function gets :func:`count_cyan` to measure with and returns a scale λ. The check
+    then measures λ and λ - 0.5 the same way (cached per scale: what the learner measured costs nothing
+    here) and asks the shapes judge: every picture cyan at λ, and not every picture at λ - 0.5.
+
+    :param fn: the learner's function of one argument, ``count_cyan(scale) -> int``; returns a number
+    :return: True if the measurement agrees
+    """
+    if not is_function(fn, "check_cyan_scale"):
+        return False
+    ok, got = call_learner(fn, (count_cyan,), hint_for_exception(
+        "(count_cyan)", "measure with count_cyan(scale) and return the scale you found, e.g. return 2.0",
+        broadcast=False))
+    if not ok:
+        return False
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
+        return not_yet(f"your function returned {got!r}, expected one guidance scale (a number).",
+                       "return the scale you found, e.g. `return 2.0`.")
+    scale = float(got)
+    if scale <= 1:
+        return not_yet(f"at guidance scale {scale:g} there is no guidance: the pipeline (as diffusers') skips the "
+                       f"batch of two when guidance_scale <= 1, and the negative prompt with it (section 10 measured "
+                       f"it: the pictures with and without it are identical).",
+                       "look above 1: the strip of section 10 shows between which of its scales the circles turn.")
+    if scale > _LARGEST_SCALE:
+        return not_yet(f"{scale:g} is far outside the scales the pipeline is used with (1 to about 20).",
+                       "look between the scales of section 10's strip where the circles turn cyan.")
+    below = scale - CYAN_RESOLUTION
+    result = negative_prompt_sweep(scales=[below, scale], **CYAN_EXPERIMENT)
+    count = CYAN_EXPERIMENT["num_images"]
+    cyan_below, cyan_at = result.tally("color", "cyan")
+    if cyan_at < count:
+        others = Counter(colour for colour in result.colors[1] if colour != "cyan")
+        listed = ", ".join(f"{n} {colour}" for colour, n in others.most_common())
+        return not_yet(f"at guidance scale {scale:g} the judge reads {cyan_at} of the {count} pictures as cyan "
+                       f"(the others: {listed}).",
+                       "the negative prompt does not push every circle all the way there yet: try a larger scale.")
+    if cyan_below == count:
+        return not_yet(f"all {count} pictures are cyan at {scale:g}, but already at {below:g} as well.",
+                       f"look for a smaller scale: the smallest at which all {count} are cyan, to within "
+                       f"{CYAN_RESOLUTION:g}. Halve the gap between a scale where some are not cyan and {below:g}.")
+    return correct(f"the judge reads every one of the {count} circles as cyan at your scale and not at "
+                   f"{CYAN_RESOLUTION:g} below it. Each step moves λ times along ε(z, \"a circle\") - ε(z, \"red\"): "
+                   f"past some λ every picture leaves red as far behind as the model can draw, and in RGB that is "
+                   f"cyan.")
