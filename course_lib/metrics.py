@@ -8,6 +8,7 @@ diversity?". Looking at a grid is not an answer, so the course measures:
     diversity           how far apart are samples of the same class (guidance trades this away)?
     Fréchet distance    how far is the distribution of samples from the distribution of real
                         digits, in the judge's feature space?
+    roughness           how much pixel-to-pixel noise is in a picture (guided noise blobs, lesson 04)?
     PSNR                how close is a reconstruction to its original (the autoencoder, lesson 06)?
 
 and in the shapes world of lessons 06-09 (pictures made from a prompt):
@@ -61,6 +62,7 @@ __all__ = [
     "gaussian_frechet_distance",
     "frechet_distance",
     "judge_frechet_distance",
+    "roughness",
     "psnr",
     "sample_report",
 ]
@@ -360,6 +362,32 @@ def sample_report(judge: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         "diversity_features": spread.features,
         "frechet_distance": frechet_distance(features, judge_features(judge, reference_images)),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Roughness
+
+
+def roughness(images: torch.Tensor) -> torch.Tensor:
+    """How much pixel-to-pixel noise each image holds: the mean squared discrete Laplacian.
+
+    With the 5-point Laplacian (Δx)_ij = x_{i-1,j} + x_{i+1,j} + x_{i,j-1} + x_{i,j+1} - 4 x_ij on the
+    interior pixels, roughness = mean over channels and interior pixels of (Δx)². It is 0 for a
+    constant or linear image, small for the smooth strokes of a real digit, and large for pixel
+    noise (a checkerboard of ±1 gives 64). Lesson 04 uses it to find guided samples that are noise
+    blobs rather than digits, whatever a classifier reads in them.
+
+    :param images: (B, C, H, W) with H, W >= 3
+    :return: float32 tensor (B,) on the images' device
+    """
+    _check_images(images)
+    if images.shape[-1] < 3 or images.shape[-2] < 3:
+        raise ValueError(f"roughness needs images of at least 3x3 pixels, got {tuple(images.shape[-2:])}.")
+    x = images.detach().float()
+    # Δx_ij = x_{i-1,j} + x_{i+1,j} + x_{i,j-1} + x_{i,j+1} - 4 x_ij          (interior pixels only)
+    laplacian = (x[..., :-2, 1:-1] + x[..., 2:, 1:-1] + x[..., 1:-1, :-2] + x[..., 1:-1, 2:]
+                 - 4 * x[..., 1:-1, 1:-1])
+    return laplacian.pow(2).flatten(1).mean(1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -297,15 +297,30 @@ class DDPMSampler(Sampler):
 
         # 4. add noise σ_t z, z ~ N(0, I), except at t = 0                              (DDPM Algorithm 2)
         if t > 0:
-            if self.variance_type == "fixed_small":
-                # σ_t² = β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) β_t   (clamped: it is 0 when ᾱ_{t-1} = 1)
-                variance = torch.clamp(beta_bar_prev / beta_bar_t * current_beta_t, min=1e-20)
-            else:
-                # σ_t² = β_t
-                variance = current_beta_t
             noise = randn_tensor(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
-            prev_sample = prev_sample + variance ** 0.5 * noise
+            prev_sample = prev_sample + self.variance(t) ** 0.5 * noise
         return prev_sample
+
+    def variance(self, t) -> torch.Tensor:
+        """σ_t², the variance of the noise that the step from timestep ``t`` adds: the Σ of
+        classifier guidance's mean shift (Dhariwal & Nichol 2021, Algorithm 1; lesson 04).
+
+        :param t: one of ``self.timesteps``
+        :return: a 0-d float32 tensor (0 at t = 0, which adds no noise)
+        """
+        i = self.index_of(t)
+        t = int(self.timesteps[i])
+        if t == 0:
+            return torch.tensor(0.0)
+        prev_t = self._next_timestep(i)
+        alpha_bar_t = self.schedule.alphas_cumprod[t]
+        alpha_bar_prev = self.schedule.alphas_cumprod[prev_t] if prev_t >= 0 else torch.tensor(1.0)
+        current_beta_t = 1 - alpha_bar_t / alpha_bar_prev
+        if self.variance_type == "fixed_small":
+            # σ_t² = β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) β_t   (clamped: it is 0 when ᾱ_{t-1} = 1)
+            return torch.clamp((1 - alpha_bar_prev) / (1 - alpha_bar_t) * current_beta_t, min=1e-20)
+        # σ_t² = β_t
+        return current_beta_t
 
 
 class DDIMSampler(Sampler):

@@ -226,13 +226,16 @@ def test_batch_of_two_model_errors_are_explained(fn, hint, capsys):
 ALL_CHECKS = [
     (exercises.check_q_sample, 4),
     (exercises.check_alpha_bar, 1),
+    (exercises.check_schedule_prediction, 1),
     (exercises.check_pred_x0, 3),
     (exercises.check_ddim_step, 4),
+    (exercises.check_sampler_prediction, 1),
     (exercises.check_noised_component, 3),  # lesson 03
     (exercises.check_tweedie, 3),
     (exercises.check_guidance_prediction, 1),
     (exercises.check_classifier_guided_eps, 4),
     (exercises.check_bayes_score, 3),
+    (exercises.check_eps_form_mean_shift, 4),
     (exercises.check_cfg, 3),
     (exercises.check_batch_of_two, 5),
     (exercises.check_guidance_comparison, 1),

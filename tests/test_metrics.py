@@ -21,6 +21,7 @@ from course_lib.metrics import (
     judge_predictions,
     per_class_accuracy,
     psnr,
+    roughness,
 )
 from course_lib.nn.classifier import JudgeClassifier, JudgeConfig
 
@@ -234,6 +235,43 @@ def test_frechet_distance_errors():
     judge = FakeJudge()
     with pytest.raises(ValueError, match="Compare images of the same size"):
         judge_frechet_distance(judge, torch.zeros(4, 1, 4, 4), torch.zeros(4, 1, 8, 8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Roughness
+
+
+def test_roughness_is_zero_for_constant_and_linear_images():
+    rows, cols = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    images = torch.stack([torch.full((8, 8), 0.3), 0.1 * rows - 0.05 * cols])[:, None]
+    assert torch.allclose(roughness(images), torch.zeros(2), atol=1e-10)
+
+
+def test_roughness_of_a_checkerboard_and_of_a_loop_over_pixels():
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(7), indexing="ij")
+    checkerboard = (1.0 - 2.0 * ((rows + cols) % 2))[None, None]          # ±1: each Laplacian is ∓8
+    assert roughness(checkerboard).item() == pytest.approx(64.0)
+    x = torch.randn(3, 2, 5, 6, generator=torch.Generator().manual_seed(0))
+    by_hand = torch.zeros(3)
+    for b in range(3):
+        values = [(x[b, c, i - 1, j] + x[b, c, i + 1, j] + x[b, c, i, j - 1] + x[b, c, i, j + 1] - 4 * x[b, c, i, j]) ** 2
+                  for c in range(2) for i in range(1, 4) for j in range(1, 5)]
+        by_hand[b] = sum(values) / len(values)
+    assert torch.allclose(roughness(x), by_hand, rtol=1e-5)
+
+
+def test_real_digits_are_smoother_than_noise():
+    from course_lib.datasets import digits_tensors
+    digits, _ = digits_tensors("test")
+    noise = torch.rand(digits.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert roughness(digits).max() < roughness(noise).min()
+
+
+def test_roughness_errors():
+    with pytest.raises(ValueError, match="at least 3x3"):
+        roughness(torch.zeros(1, 1, 2, 5))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        roughness(torch.zeros(4, 4))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -178,6 +178,31 @@ def test_ddpm_step_is_algorithm_2():
         assert torch.allclose(new, expected, rtol=2e-4, atol=2e-5), t
 
 
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_ddpm_variance_is_the_variance_of_the_noise_its_step_adds(variance_type):
+    # two steps from the same x_t with two generators differ by σ_t (z_1 - z_2); on a grid that skips
+    # timesteps σ_t² is β̃ (fixed_small) or β with the one-step β = 1 - ᾱ_t / ᾱ_prev, 0 after t = 0
+    s = schedule_of("linear")
+    sampler = DDPMSampler(s, variance_type)
+    sampler.set_timesteps(50)
+    x, eps = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0)), torch.zeros(SHAPE)
+    grid = sampler.timesteps.tolist()
+    for i, t in enumerate(grid):
+        a_bar = s.alphas_cumprod.double()[t]
+        a_bar_prev = s.alphas_cumprod.double()[grid[i + 1]] if i + 1 < len(grid) else torch.tensor(1.0, dtype=torch.float64)
+        beta = 1 - a_bar / a_bar_prev
+        expected = (1 - a_bar_prev) / (1 - a_bar) * beta if variance_type == "fixed_small" else beta
+        assert math.isclose(sampler.variance(t).item(), max(expected.item(), 1e-20 if variance_type == "fixed_small" else 0),
+                            rel_tol=1e-4), t
+        difference = (sampler.step(eps, t, x, generator=torch.Generator().manual_seed(1))
+                      - sampler.step(eps, t, x, generator=torch.Generator().manual_seed(2)))
+        z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)) - torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+        assert torch.allclose(difference, sampler.variance(t).sqrt() * z, atol=1e-6), t
+    full = DDPMSampler(s, steps_offset=0)
+    full.set_timesteps(1000)
+    assert full.variance(0).item() == 0.0
+
+
 def test_ddim_is_euler_in_sigma_variables():
     # deterministic DDIM is Euler's method on dx/dσ = ε for x = x_t / sqrt(ᾱ_t): the two samplers
     # follow the same x_t (Euler's x divided by sqrt(σ² + 1)) on every step but the last

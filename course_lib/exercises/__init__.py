@@ -26,8 +26,14 @@ check                            the learner's function                         
 ===============================  =============================================  ======
 ``check_q_sample``               fn(x0, t, noise, alpha_bar) -> x_t             01
 ``check_alpha_bar``              fn(betas) -> alphas_cumprod                    01
+``check_schedule_prediction``    fn(kind) -> where SNR(t) crosses 1 and         01
+                                 sqrt(ᾱ_(T-1)) of a schedule: predict, then run
 ``check_pred_x0``                fn(x_t, eps, alpha_bar_t) -> pred_x0           02
 ``check_ddim_step``              fn(x_t, eps, alpha_bar_t, alpha_bar_prev)      02
+``check_sampler_prediction``     fn(sampler) -> whether DDIM (η = 0) and DDPM   02
+                                 give the same pictures from the same x_T with
+                                 another generator, with fewer steps: predict,
+                                 then run
 ``check_noised_component``       fn(mean, covariance, alpha_bar)                03
                                  -> (mean_t, covariance_t)
 ``check_tweedie``                fn(x_t, score, alpha_bar) -> E[x_0 | x_t]      03
@@ -35,6 +41,9 @@ check                            the learner's function                         
                                  guidance with exact scores: predict, then run
 ``check_classifier_guided_eps``  fn(eps, grad_log_prob, alpha_bar_t, scale)     04
 ``check_bayes_score``            fn(score_uncond, grad_log_p_y_given_x, scale)  04
+``check_eps_form_mean_shift``    fn(grad_log_prob, scale, alpha_bar_t,          04
+                                 alpha_bar_prev) -> how far the ε-form of
+                                 guidance moves DDPM's mean, β_t/sqrt(α_t)·λ·grad
 ``check_cfg``                    fn(eps_uncond, eps_cond, guidance_scale)       05
 ``check_batch_of_two``           fn(model, x, t, labels, null_label)            05
                                  -> (eps_uncond, eps_cond), one forward pass
@@ -67,10 +76,10 @@ every verdict's wording) and one module per lesson with that lesson's checks
 the package and call ``exercises.check_...``; every check is re-exported here.
 """
 
-from .lesson01 import check_alpha_bar, check_q_sample
-from .lesson02 import check_ddim_step, check_pred_x0
+from .lesson01 import check_alpha_bar, check_q_sample, check_schedule_prediction
+from .lesson02 import check_ddim_step, check_pred_x0, check_sampler_prediction
 from .lesson03 import check_guidance_prediction, check_noised_component, check_tweedie
-from .lesson04 import check_bayes_score, check_classifier_guided_eps
+from .lesson04 import check_bayes_score, check_classifier_guided_eps, check_eps_form_mean_shift
 from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
 from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention
@@ -80,13 +89,16 @@ from .lesson09 import check_euler_step, check_img2img_timesteps
 __all__ = [
     "check_q_sample",
     "check_alpha_bar",
+    "check_schedule_prediction",
     "check_pred_x0",
     "check_ddim_step",
+    "check_sampler_prediction",
     "check_noised_component",
     "check_tweedie",
     "check_guidance_prediction",
     "check_classifier_guided_eps",
     "check_bayes_score",
+    "check_eps_form_mean_shift",
     "check_cfg",
     "check_batch_of_two",
     "check_guidance_comparison",

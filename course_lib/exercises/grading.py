@@ -195,6 +195,41 @@ def grade(fn, cases: list[Case], *, result_name: str, success: str, generic_hint
     return correct(success)
 
 
+def collect_predictions(fn, check_name: str, argument: str, inputs, keys: tuple[str, ...], value_ok: Callable,
+                        value_words: str) -> dict | None:
+    """The predictions of a predict-then-run exercise: ``fn(value)`` for each value of ``inputs``.
+
+    Each call must return a dict with exactly ``keys``, every value passing ``value_ok``. Returns
+    ``{value: dict}``, or None after printing what is wrong (not a function, not done yet, an
+    exception, None, or a dict of the wrong form).
+
+    :param argument: the name of fn's argument, for the messages (e.g. "kind")
+    :param value_words: what every value must be, for the messages (e.g. "True or False")
+    """
+    if not is_function(fn, check_name):
+        return None
+    names = tr(" and ").join(repr(key) for key in keys)
+    exception_hint = hint_for_exception(f"({argument})", tr("a dict with the keys {names}, each {value_words}",
+                                                             names=names, value_words=value_words), broadcast=False)
+    predictions = {}
+    for value in inputs:
+        ok, got = call_learner(fn, (value,), exception_hint)
+        if not ok:
+            return None
+        if got is None:
+            not_yet(tr("your function returned None for {argument} = {value!r}.", argument=argument, value=value),
+                    tr("return a dict with the keys {names}.", names=names))
+            return None
+        if not isinstance(got, dict) or set(got) != set(keys) or not all(value_ok(v) for v in got.values()):
+            not_yet(tr("for {argument} = {value!r} your function returned {got!r}.", argument=argument, value=value,
+                       got=got),
+                    tr("return a dict with exactly the keys {names}, each {value_words}.", names=names,
+                       value_words=value_words))
+            return None
+        predictions[value] = got
+    return predictions
+
+
 def hint_for_exception(signature: str, formula: str, broadcast: bool = True):
     """The usual exception hint: broadcasting errors, wrong arguments, else the formula."""
 

@@ -1,4 +1,5 @@
-"""The exercises of lesson 02, the reverse process: x̂_0 from the predicted noise and one DDIM step."""
+"""The exercises of lesson 02, the reverse process: x̂_0 from the predicted noise, one DDIM step, and a
+prediction about the samplers (which runs from the same x_T give the same pictures)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Callable
 import torch
 
 from ..diffusion import pred_x0_from_eps, q_sample
-from ..samplers import DDIMSampler
+from ..pretrained import load_course_model
+from ..samplers import DDIMSampler, DDPMSampler, sample_loop
 from ..schedules import make_schedule
 from .lesson01 import Q_CASES
-from .grading import Case, grade, hint_for_exception, per_item, seeded, timesteps_text
+from .grading import Case, collect_predictions, correct, grade, hint_for_exception, not_yet, per_item, seeded, timesteps_text
 
-__all__ = ["check_pred_x0", "check_ddim_step"]
+__all__ = ["check_pred_x0", "check_ddim_step", "check_sampler_prediction", "sampler_facts"]
 
 SD_SCHEDULE = make_schedule("scaled_linear", 1000, 0.00085, 0.012)  # Stable Diffusion's schedule
 
@@ -141,3 +143,94 @@ def check_ddim_step(fn: Callable) -> bool:
         exception_hint=hint_for_exception("(x_t, eps, alpha_bar_t, alpha_bar_prev)",
                                            "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε"),
     )
+
+
+# ---------------------------------------------------------------------------------- predict, then run
+SAMPLER_PREDICTION_KEYS = ("same_with_another_generator", "same_with_fewer_steps")
+# "the same picture": on average closer to the reference run than half the distance between two
+# unrelated samples of that run (measured: DDIM's 5-step pictures sit at about 0.15 of it, DDPM's at 1)
+SAME_PICTURE = 0.5
+_SAMPLER_RUNS = {"noises": 8, "steps": 20, "fewer_steps": 5, "seed": 200}
+
+_WRONG_PREDICTION_HINTS = {
+    ("ddim", "same_with_another_generator"):
+        "with η = 0, DDIM's σ_t is 0: the step adds no fresh noise and never uses the generator, so the "
+        "picture is a function of x_T alone.",
+    ("ddim", "same_with_fewer_steps"):
+        "with η = 0, DDIM follows one deterministic path from x_T (the discretisation of an ODE); fewer "
+        "steps follow the same path more coarsely and land close to the same picture.",
+    ("ddpm", "same_with_another_generator"):
+        "DDPM adds fresh noise σ_t·z at every step: another generator draws other z's, and the path, "
+        "and the picture, change.",
+    ("ddpm", "same_with_fewer_steps"):
+        "with 5 steps DDPM draws 5 noises instead of 20 and takes other steps: the paths part at the "
+        "first step, and the fresh noise decides much of the picture.",
+}
+
+
+def sampler_facts() -> dict:
+    """Measure what exercise 2.3 predicts, on the shipped ``digits-ddpm`` model (a few seconds).
+
+    From the same 8 starting noises x_T, each sampler runs 20 steps with the generator seeded 1,
+    again with the generator seeded 2, and 5 steps with the generator seeded 1. A run gives "the
+    same picture" as the first when the mean distance between them is below ``SAME_PICTURE``
+    times the mean distance between two unrelated samples of the first run (sample i and i + 1).
+
+    :return: {"ddim": {...}, "ddpm": {...}}, each with the two booleans of
+        ``SAMPLER_PREDICTION_KEYS`` and the two measured ratios, "another_generator_ratio" and
+        "fewer_steps_ratio"
+    """
+    unet, config = load_course_model("digits-ddpm")
+    schedule = make_schedule(**config["schedule"])
+    x_T = seeded(_SAMPLER_RUNS["seed"], _SAMPLER_RUNS["noises"], 1, 16, 16)
+    makers = {"ddim": lambda: DDIMSampler(schedule, eta=0.0), "ddpm": lambda: DDPMSampler(schedule)}
+
+    def run(name: str, steps: int, seed: int) -> torch.Tensor:
+        sampler = makers[name]()
+        sampler.set_timesteps(steps)
+        with torch.no_grad():
+            return sample_loop(lambda x, t: unet(x, t), sampler, x_T, generator=torch.Generator().manual_seed(seed),
+                               progress=False).clamp(-1, 1)
+
+    def mean_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).flatten(1).norm(dim=1).mean())
+
+    facts = {}
+    for name in makers:
+        reference = run(name, _SAMPLER_RUNS["steps"], 1)
+        unrelated = mean_distance(reference, reference.roll(1, dims=0))
+        ratios = {"another_generator_ratio": mean_distance(run(name, _SAMPLER_RUNS["steps"], 2), reference) / unrelated,
+                  "fewer_steps_ratio": mean_distance(run(name, _SAMPLER_RUNS["fewer_steps"], 1), reference) / unrelated}
+        facts[name] = {"same_with_another_generator": ratios["another_generator_ratio"] < SAME_PICTURE,
+                       "same_with_fewer_steps": ratios["fewer_steps_ratio"] < SAME_PICTURE, **ratios}
+    return facts
+
+
+def check_sampler_prediction(fn: Callable) -> bool:
+    """Check a prediction ``fn(sampler) -> {"same_with_another_generator": bool, "same_with_fewer_steps": bool}`` (lesson 02).
+
+    For ``sampler`` "ddim" (η = 0) and "ddpm", the learner predicts whether, from the same starting
+    noise x_T, a second run with another random generator, and a run with 5 steps instead of 20,
+    give the same pictures. Then the check samples the shipped digits model and compares
+    (:func:`sampler_facts`).
+
+    :param fn: the learner's function of one sampler name
+    :return: True if every prediction agrees with the measurement
+    """
+    predictions = collect_predictions(fn, "check_sampler_prediction", "sampler", ("ddim", "ddpm"),
+                                      SAMPLER_PREDICTION_KEYS, lambda value: isinstance(value, bool), "True or False")
+    if predictions is None:
+        return False
+    measured = sampler_facts()
+    for name, got in predictions.items():
+        for key in SAMPLER_PREDICTION_KEYS:
+            if got[key] != measured[name][key]:
+                ratio = measured[name]["another_generator_ratio" if "generator" in key else "fewer_steps_ratio"]
+                return not_yet(f"for {name} you predicted {key} = {got[key]}; the run measures {measured[name][key]} "
+                               f"(distance to the first run: {ratio:.2f} of the distance between unrelated samples).",
+                               _WRONG_PREDICTION_HINTS[name, key])
+    return correct(f"DDIM with η = 0 gives the same pictures with another generator (distance "
+                   f"{measured['ddim']['another_generator_ratio']:.2f}) and nearly the same with 5 steps instead of 20 "
+                   f"({measured['ddim']['fewer_steps_ratio']:.2f}); DDPM gives other pictures either way "
+                   f"({measured['ddpm']['another_generator_ratio']:.1f} and {measured['ddpm']['fewer_steps_ratio']:.1f}), "
+                   f"in units of the distance between two unrelated samples.")

@@ -1,4 +1,5 @@
-"""The exercises of lesson 04, classifier guidance: the guided noise and the score by Bayes' rule."""
+"""The exercises of lesson 04, classifier guidance: the guided noise, the score by Bayes' rule, and how far the
+ε-form of guidance moves the mean of DDPM's step (against Algorithm 1's mean shift)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import torch
 
 from ..diffusion import score_from_eps
 from ..guidance import classifier_guided_eps, classifier_log_prob_grad
+from ..samplers import DDPMSampler
 from .lesson02 import SD_SCHEDULE
 from .grading import Case, grade, hint_for_exception, per_item, seeded, timesteps_text
 
-__all__ = ["check_classifier_guided_eps", "check_bayes_score"]
+__all__ = ["check_classifier_guided_eps", "check_bayes_score", "check_eps_form_mean_shift"]
 
 
 # (shape, timesteps, scale λ, target labels y); t mid-range, where ᾱ_t is far from 0 and 1
@@ -139,4 +141,80 @@ def check_bayes_score(fn: Callable) -> bool:
         shape_hint="the conditional score has the shape of score_uncond.",
         exception_hint=hint_for_exception("(score_uncond, grad_log_p_y_given_x, scale)",
                                            "score_uncond + scale·grad_log_p_y_given_x"),
+    )
+
+
+# (shape, DDPM steps n, timesteps on the grid of n steps, scale λ, labels); t = 1 is the last step,
+# after which DDPM's ᾱ is 1
+_MEAN_SHIFT_CASES = [
+    ((1, 1, 8, 8), 50, [981], 2.0, [3]),
+    ((3, 1, 16, 16), 50, [501, 41, 1], 5.0, [0, 7, 3]),
+    ((2, 3, 8, 8), 10, [601, 101], 0.5, [9, 1]),
+]
+
+
+def check_eps_form_mean_shift(fn: Callable) -> bool:
+    """Check ``fn(grad_log_prob, scale, alpha_bar_t, alpha_bar_prev) -> shift`` (lesson 04).
+
+    How far the ε-form of classifier guidance, ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇log p(y | x_t), moves the mean
+    of DDPM's ancestral step from ᾱ_t to ᾱ_prev: μ(ε̂) - μ(ε) = β_t / sqrt(α_t) · λ · ∇log p(y | x_t), with
+    the one-step α_t = ᾱ_t / ᾱ_prev and β_t = 1 - α_t. The expected answer is computed without the
+    formula: ``DDPMSampler.step`` with ε̂ minus the same step (same noise) with ε.
+
+    :param fn: the learner's function; ``grad_log_prob`` is (B, C, H, W), ``scale`` a number λ,
+        ``alpha_bar_t`` and ``alpha_bar_prev`` are (B, 1, 1, 1) (ᾱ_prev = 1 after the last step)
+    :return: True if fn agrees with the sampler on every case
+    """
+    cases = []
+    for seed, (shape, steps, timesteps, scale, labels) in enumerate(_MEAN_SHIFT_CASES):
+        x_t, eps, t, y, classifier, grad = _guidance_inputs(seed + 5, shape, timesteps, labels)
+        eps_hat = classifier_guided_eps(eps.double(), x_t, t, y, classifier, scale, SD_SCHEDULE.alphas_cumprod[t])
+        x_t, eps, grad = x_t.double(), eps.double(), grad.double()
+        sampler = DDPMSampler(SD_SCHEDULE)
+        sampler.set_timesteps(steps)
+        grid = sampler.timesteps.tolist()
+        alpha_bar = SD_SCHEDULE.alphas_cumprod.double()
+        prev = [alpha_bar[grid[grid.index(s) + 1]] if grid.index(s) + 1 < len(grid) else torch.tensor(1.0, dtype=torch.float64)
+                for s in timesteps]
+        a, p = per_item(alpha_bar[t]), per_item(torch.stack(prev))
+        expected = torch.cat([
+            sampler.step(eps_hat[i:i + 1], s, x_t[i:i + 1], generator=torch.Generator().manual_seed(i))
+            - sampler.step(eps[i:i + 1], s, x_t[i:i + 1], generator=torch.Generator().manual_seed(i))
+            for i, s in enumerate(timesteps)])
+
+        def mistakes(grad=grad, a=a, p=p, s=scale):
+            alpha = a / p           # the one-step α_t between the two timesteps of the grid
+            beta = 1 - alpha
+            posterior_variance = (1 - p) / (1 - a) * beta  # β̃_t, the variance Σ of DDPM's step
+            return [
+                ("that is Algorithm 1's shift λ·Σ·∇log p(y|x_t) with Σ = β̃_t, the variance of DDPM's step. The "
+                 "ε-form moves the mean by another amount: put ε̂ into μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) "
+                 "and subtract μ.", lambda: s * posterior_variance * grad),
+                ("that is λ·β_t·∇log p(y|x_t): DDPM's mean also divides by sqrt(α_t), "
+                 "μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t).", lambda: s * beta * grad),
+                ("β_t and α_t here are the one-step values between the two timesteps of the grid, "
+                 "α_t = ᾱ_t / ᾱ_prev and β_t = 1 - α_t, not ᾱ_t and 1 - ᾱ_t.",
+                 lambda: s * (1 - a) / a.sqrt() * grad),
+                ("check the sign: ε̂ subtracts the gradient and μ subtracts ε, so the mean moves along "
+                 "+∇log p(y|x_t), toward the class.", lambda: -s * beta / alpha.sqrt() * grad),
+                ("that is how much ε changes, ε̂ - ε. The mean changes by -β_t / (sqrt(α_t)·sqrt(1 - ᾱ_t)) "
+                 "times that.", lambda: -(1 - a).sqrt() * s * grad),
+                ("you forgot the guidance scale λ (scale).", lambda: beta / alpha.sqrt() * grad),
+            ]
+
+        cases.append(Case(
+            args=(grad.float(), scale, a.float(), p.float()),
+            expected=expected,
+            where=f"for a gradient of shape {shape}, {timesteps_text(t)} ({steps} DDPM steps), scale = {scale}",
+            mistakes=mistakes(),
+        ))
+    return grade(
+        fn, cases, check_name="check_eps_form_mean_shift", result_name="the shift of the mean",
+        success="μ(ε̂) - μ(ε) = β_t / sqrt(α_t)·λ·∇log p(y|x_t) matches DDPMSampler.step at 6 timesteps, the last "
+                "step included: the ε-form shifts DDPM's mean by β_t / sqrt(α_t), Algorithm 1 by β̃_t.",
+        generic_hint="DDPM's mean is μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) with α_t = ᾱ_t / ᾱ_prev and "
+                     "β_t = 1 - α_t; replace ε by ε̂ = ε - sqrt(1 - ᾱ_t)·λ·grad and subtract.",
+        shape_hint="the shift has the shape of grad_log_prob; alpha_bar_t and alpha_bar_prev are (B, 1, 1, 1).",
+        exception_hint=hint_for_exception("(grad_log_prob, scale, alpha_bar_t, alpha_bar_prev)",
+                                          "β_t / sqrt(α_t)·scale·grad_log_prob"),
     )
