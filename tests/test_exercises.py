@@ -241,6 +241,7 @@ ALL_CHECKS = [
     (exercises.check_guidance_comparison, 1),
     (exercises.check_kl_diagonal_gaussian, 2),  # lesson 06
     (exercises.check_reparameterise, 3),
+    (exercises.check_kl_weight_prediction, 1),
     (exercises.check_cross_attention, 3),  # lesson 07
     (exercises.check_clip_contrastive_loss, 3),
     (exercises.check_guided_noise, 6),  # lesson 08

@@ -84,7 +84,7 @@ def test_a_missing_answer_is_refused_before_measuring(monkeypatch, capsys):
 
     monkeypatch.setattr(lesson05, "_accuracy_counts", no_measurement)
     verdict, out = run(exercises.check_guidance_comparison, {0.0: "same"}.get, capsys)
-    assert verdict is False and "returned None for scale = 1" in out
+    assert verdict is False and "returned None for scale = 1.0" in out
 
 
 @pytest.mark.slow

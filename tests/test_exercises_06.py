@@ -165,3 +165,57 @@ def test_output_is_deterministic(capsys):
     wrong = lambda m, lv: 0.5 * _terms(m, lv).mean(DIMS)  # noqa: E731
     assert run(exercises.check_kl_diagonal_gaussian, wrong, capsys)[1] == \
         run(exercises.check_kl_diagonal_gaussian, wrong, capsys)[1]
+
+
+# ============================================================================ predict, then run: a stronger KL weight
+RIGHT_KL = {"spread of mu": "smaller", "sigma": "larger", "sampled round-trip PSNR": "smaller"}
+# the fine-tunes as measured when the lesson was written: {kl_weight: {quantity: value}}
+MEASURED_KL = {1e-6: {"spread of mu": 1.14, "sigma": 0.31, "sampled round-trip PSNR": 28.5},
+               1e-2: {"spread of mu": 0.85, "sigma": 0.91, "sampled round-trip PSNR": 21.4}}
+
+
+@pytest.fixture
+def measured_kl(monkeypatch):
+    """The check reads these numbers instead of running its two fine-tunes."""
+    monkeypatch.setattr(lesson06, "kl_weight_experiment", lambda: MEASURED_KL)
+
+
+def test_kl_weight_prediction_right_answer(measured_kl, capsys):
+    assert_correct(exercises.check_kl_weight_prediction, RIGHT_KL.get, capsys)
+
+
+@pytest.mark.parametrize("quantity, hint", [
+    ("spread of mu", "its μ² term pulls every picture's mean toward 0"),
+    ("sigma", "smallest at σ = 1"),
+    ("sampled round-trip PSNR", "z = μ + σ·ε"),
+])
+def test_kl_weight_wrong_direction_shows_the_measurement_and_the_hint(measured_kl, quantity, hint, capsys):
+    flipped = {**RIGHT_KL, quantity: "larger" if RIGHT_KL[quantity] == "smaller" else "smaller"}
+    verdict, out = run(exercises.check_kl_weight_prediction, flipped.get, capsys)
+    assert verdict is False
+    assert out.startswith(f"❌ Not yet: you predicted that the {quantity} comes out {flipped[quantity]}"), out
+    assert f"{MEASURED_KL[1e-2][quantity]:.2f} against {MEASURED_KL[1e-6][quantity]:.2f}" in out
+    assert hint in out
+
+
+@pytest.mark.parametrize("answer", ["bigger", "Larger", True, 1.0])
+def test_kl_weight_answers_outside_the_two_words_are_refused(measured_kl, answer, capsys):
+    verdict, out = run(exercises.check_kl_weight_prediction, lambda quantity: answer, capsys)
+    assert verdict is False and 'exactly one of the strings "larger" or "smaller"' in out
+
+
+def test_kl_weight_every_quantity_is_asked(measured_kl, capsys):
+    asked = []
+    run(exercises.check_kl_weight_prediction, lambda q: asked.append(q) or RIGHT_KL[q], capsys)
+    assert tuple(asked) == lesson06.KL_QUANTITIES
+
+
+@pytest.mark.slow
+def test_kl_weight_experiment_measures_what_the_lesson_teaches():
+    """The two real fine-tunes (a few seconds): the strong weight draws the means together, pushes σ
+    toward 1 and blurs a sampled round trip; the control stays near the shipped autoencoder."""
+    recipe, strong = lesson06.kl_weight_experiment().values()
+    assert strong["spread of mu"] < 0.9 * recipe["spread of mu"]
+    assert recipe["sigma"] < 0.5 < strong["sigma"] < 1.2
+    assert strong["sampled round-trip PSNR"] < recipe["sampled round-trip PSNR"] - 3
+    assert 0.9 < recipe["spread of mu"] < 1.4 and recipe["sampled round-trip PSNR"] > 25  # shipped: 1.12, 31 dB

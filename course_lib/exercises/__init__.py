@@ -53,6 +53,10 @@ check                            the learner's function                         
 ``check_kl_diagonal_gaussian``   fn(mean, logvar) -> KL(q(z|x) || N(0, I))      06
                                  per image, shape (B,)
 ``check_reparameterise``         fn(mean, logvar, eps) -> z = mu + sigma·eps    06
+``check_kl_weight_prediction``   fn(quantity) -> "larger" or "smaller": what a   06
+                                 KL weight 10,000 times stronger does to the
+                                 latents (spread of mu, sigma, a sample's PSNR)
+                                 on a short fine-tune: predict, then run
 ``check_cross_attention``        fn(q, k, v) -> softmax(Q K^T / sqrt(d)) V      07
                                  per head, q (B, h, N, d), k and v (B, h, L, d)
 ``check_clip_contrastive_loss``  fn(image_embeds, text_embeds, logit_scale)     07
@@ -81,7 +85,7 @@ from .lesson02 import check_ddim_step, check_pred_x0, check_sampler_prediction
 from .lesson03 import check_guidance_prediction, check_noised_component, check_tweedie
 from .lesson04 import check_bayes_score, check_classifier_guided_eps, check_eps_form_mean_shift
 from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
-from .lesson06 import check_kl_diagonal_gaussian, check_reparameterise
+from .lesson06 import check_kl_diagonal_gaussian, check_kl_weight_prediction, check_reparameterise
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention
 from .lesson08 import check_cyan_scale, check_decode_latents, check_guided_noise
 from .lesson09 import check_euler_step, check_img2img_timesteps
@@ -104,6 +108,7 @@ __all__ = [
     "check_guidance_comparison",
     "check_kl_diagonal_gaussian",
     "check_reparameterise",
+    "check_kl_weight_prediction",
     "check_cross_attention",
     "check_clip_contrastive_loss",
     "check_guided_noise",

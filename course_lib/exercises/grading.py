@@ -230,6 +230,37 @@ def collect_predictions(fn, check_name: str, argument: str, inputs, keys: tuple[
     return predictions
 
 
+def ask_predictions(fn, inputs, *, check_name: str, name: str, answers: tuple[str, ...]) -> dict | None:
+    """The first half of a predict-then-run check: ``fn(value)`` for every input, each reply one of ``answers``.
+
+    :param fn: the learner's function of one argument
+    :param inputs: the values it is asked about, in order
+    :param check_name: the check's name, for the message when ``fn`` is not a function
+    :param name: what an input is, for the messages ("scale", "quantity")
+    :param answers: the strings a reply may be
+    :return: {input: reply}, or None after printing why not (not a function, an exception, None, another reply)
+    """
+    if not is_function(fn, check_name):
+        return None
+    listed = " or ".join(f'"{answer}"' for answer in answers)
+    exception_hint = hint_for_exception(f"({name})", tr("one of {answers}", answers=listed), broadcast=False)
+    replies = {}
+    for value in inputs:
+        ok, got = call_learner(fn, (value,), exception_hint)
+        if not ok:
+            return None
+        if got is None:
+            not_yet(tr("your function returned None for {name} = {value!r}.", name=name, value=value),
+                    tr("return one of {answers}.", answers=listed))
+            return None
+        if not isinstance(got, str) or got not in answers:
+            not_yet(tr("for {name} = {value!r} your function returned {got!r}.", name=name, value=value, got=got),
+                    tr("return exactly one of the strings {answers}.", answers=listed))
+            return None
+        replies[value] = got
+    return replies
+
+
 def hint_for_exception(signature: str, formula: str, broadcast: bool = True):
     """The usual exception hint: broadcasting errors, wrong arguments, else the formula."""
 

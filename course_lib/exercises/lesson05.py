@@ -12,8 +12,8 @@ from ..experiments import guidance_sweep
 from ..guidance import cfg
 from ..sample_stats import proportion_interval
 from .grading import (
-    Case, CountingModel, call_learner, close, correct, grade, hint_for_exception, is_function, not_yet,
-    seeded, timesteps_text, too_many_calls, wrong_value,
+    Case, CountingModel, ask_predictions, call_learner, close, correct, grade, hint_for_exception, is_function,
+    not_yet, seeded, timesteps_text, too_many_calls, wrong_value,
 )
 
 __all__ = ["check_cfg", "check_batch_of_two", "check_guidance_comparison"]
@@ -245,21 +245,10 @@ def check_guidance_comparison(fn: Callable) -> bool:
     :param fn: the learner's function of one number λ
     :return: True if every prediction agrees with the measurement
     """
-    if not is_function(fn, "check_guidance_comparison"):
+    predictions = ask_predictions(fn, COMPARED_SCALES, check_name="check_guidance_comparison", name="scale",
+                                  answers=_ANSWERS)
+    if predictions is None:
         return False
-    exception_hint = hint_for_exception("(scale)", 'one of "classifier", "cfg" or "same"', broadcast=False)
-    predictions = {}
-    for scale in COMPARED_SCALES:
-        ok, got = call_learner(fn, (scale,), exception_hint)
-        if not ok:
-            return False
-        if got is None:
-            return not_yet(f"your function returned None for scale = {scale:g}.",
-                           'return one of "classifier", "cfg" or "same".')
-        if got not in _ANSWERS:
-            return not_yet(f"for scale = {scale:g} your function returned {got!r}.",
-                           'return exactly one of the strings "classifier", "cfg" or "same".')
-        predictions[scale] = got
     counts = _accuracy_counts()
     for scale in COMPARED_SCALES:
         measured = compare_accuracies(counts["classifier"][scale], counts["cfg"][scale])

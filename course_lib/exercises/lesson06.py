@@ -1,15 +1,24 @@
-"""The exercises of lesson 06, the latent autoencoder: the KL term and the reparameterisation trick."""
+"""The exercises of lesson 06, the latent autoencoder: the KL term, the reparameterisation trick, and a
+prediction about a stronger KL weight."""
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Callable
 
 import torch
 
+from ..datasets import shapes_tensors
+from ..losses import vae_loss
+from ..metrics import psnr
 from ..nn.vae import DiagonalGaussianDistribution
-from .grading import Case, grade, hint_for_exception, seeded
+from ..pretrained import load_course_model
+from ..recipes import RECIPES
+from .grading import Case, ask_predictions, correct, grade, hint_for_exception, not_yet, seeded
 
-__all__ = ["check_kl_diagonal_gaussian", "check_reparameterise"]
+__all__ = ["check_kl_diagonal_gaussian", "check_reparameterise", "check_kl_weight_prediction",
+           "kl_weight_experiment"]
 
 
 # (shape of mu and log sigma^2, seed): a batch of 2 first, so that a per-batch number differs from a per-image one
@@ -138,3 +147,80 @@ def check_reparameterise(fn: Callable) -> bool:
         shape_hint="z has the shape of mean: every coordinate gets its own μ, σ and ε.",
         exception_hint=exception_hint,
     )
+
+
+# ---------------------------------------------------------------------------------- predict, then run
+STRONG_KL_WEIGHT = 1e-2  # 10,000 times the recipe's 1e-6
+KL_QUANTITIES = ("spread of mu", "sigma", "sampled round-trip PSNR")
+_DIRECTIONS = ("larger", "smaller")
+_WHY = {
+    "spread of mu": "KL = 1/2 Σ (μ² + σ² - 1 - log σ²): its μ² term pulls every picture's mean toward 0, and a "
+                    "weight 10,000 times larger lets it win against the reconstruction.",
+    "sigma": "the reconstruction prefers a sure latent (σ → 0); the KL's σ² - 1 - log σ² is smallest at σ = 1. "
+             "Which one wins when the KL weighs 10,000 times more?",
+    "sampled round-trip PSNR": "a sample is z = μ + σ·ε: with the means pulled together and σ pushed toward 1, "
+                               "how much of z still tells the decoder which picture it was?",
+}
+
+
+@functools.cache
+def kl_weight_experiment(steps: int = 4, batch_size: int = 4, lr: float = 5e-4) -> dict[float, dict[str, float]]:
+    """Fine-tune the shipped ``shapes-vae`` a few AdamW steps with the recipe's KL weight and with
+    ``STRONG_KL_WEIGHT``, from the same start on the same pictures and noise, and measure each (lesson 06).
+
+    The run with the recipe's own weight is the control: a restart of AdamW moves a trained model by
+    itself, and only the difference between the two runs is the KL weight's doing. Measured on 8 test
+    pictures: "spread of mu" (the standard deviation of μ over pictures and coordinates), "sigma" (the
+    median σ of q(z | x)) and "sampled round-trip PSNR" (dB, of D(z) for a sample z ~ q(z | x)).
+
+    :return: {kl_weight: {quantity: value}} for the two weights
+    """
+    vae, _ = load_course_model("shapes-vae")
+    train_images = shapes_tensors("train", steps * batch_size)[0]
+    test_images = shapes_tensors("test", 8)[0]
+    measured = {}
+    for kl_weight in (RECIPES["shapes-vae"].loss_args["kl_weight"], STRONG_KL_WEIGHT):
+        model = copy.deepcopy(vae).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        generator = torch.Generator().manual_seed(0)
+        for step in range(steps):
+            batch = {"images": train_images[step * batch_size:(step + 1) * batch_size]}
+            loss = vae_loss(model, batch, None, generator, kl_weight=kl_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            posterior = model.encode(test_images)
+            sampled = model.decode(posterior.sample(torch.Generator().manual_seed(1))).clamp(-1, 1)
+        measured[kl_weight] = {"spread of mu": posterior.mean.std().item(), "sigma": posterior.std.median().item(),
+                               "sampled round-trip PSNR": psnr(test_images, sampled)}
+    return measured
+
+
+def check_kl_weight_prediction(fn: Callable) -> bool:
+    """Check a prediction ``fn(quantity) -> "larger" | "smaller"`` about a 10,000 times stronger KL weight (lesson 06).
+
+    For each of ``KL_QUANTITIES`` the learner predicts whether it comes out larger or smaller after a
+    short fine-tune with β = 1e-2 than after the same fine-tune with the recipe's β = 1e-6; the check
+    runs both (:func:`kl_weight_experiment`, about a second) and compares.
+
+    :param fn: the learner's function of one quantity's name
+    :return: True if every prediction agrees with the measurement
+    """
+    predictions = ask_predictions(fn, KL_QUANTITIES, check_name="check_kl_weight_prediction", name="quantity",
+                                  answers=_DIRECTIONS)
+    if predictions is None:
+        return False
+    measured = kl_weight_experiment()
+    recipe, strong = measured.values()
+    for quantity in KL_QUANTITIES:
+        direction = "larger" if strong[quantity] > recipe[quantity] else "smaller"
+        if predictions[quantity] != direction:
+            return not_yet(
+                f"you predicted that the {quantity} comes out {predictions[quantity]} with β = 1e-2; it came out "
+                f"{direction}: {strong[quantity]:.2f} against {recipe[quantity]:.2f} with the recipe's β.",
+                _WHY[quantity])
+    return correct("with a KL weight 10,000 times larger the means of q(z | x) draw together, σ grows toward 1, "
+                   "and a sample z tells the decoder less about its picture: the pull toward N(0, I) costs "
+                   "information.")
