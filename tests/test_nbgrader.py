@@ -8,8 +8,8 @@ Runs of the real ``nbgrader`` command in a throw-away course folder (about a min
 - ``generate_assignment`` with nbgrader's default checks on the notebooks that
   ``python -m course_lib.student --nbgrader-source`` writes: accepted, the released cells are our
   student version of them, and the gradebook holds two exercises and two graded checks per lesson;
-- ``autograde`` of lesson 01 for three students: both exercises right (2 points), one with a
-  typical mistake (1 point), the untouched release (0 points).
+- ``autograde`` of lesson 01 for three students: its three exercises right (3 points), one with a
+  typical mistake (2 points), the untouched release (0 points).
 """
 
 from __future__ import annotations
@@ -116,10 +116,10 @@ def test_nbgrader_autograde_scores_right_mistaken_and_untouched_lesson_01(course
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
         scores = {s: gradebook.find_submission("lesson01", s).score for s in submissions}
         max_score = gradebook.find_assignment("lesson01").max_score
-    assert max_score == 2
-    assert scores == {"alice": 2, "bob": 1, "carol": 0}
+    assert max_score == 3
+    assert scores == {"alice": 3, "bob": 2, "carol": 0}
 
-    # carol's untouched student version ran from top to bottom: no error but in the two graded
+    # carol's untouched student version ran from top to bottom: no error but in the three graded
     # checks, which said "Not done yet"; bob's says what is wrong with his q_sample
     carol = _read(root / "autograded" / "carol" / "lesson01" / LESSON_01)
     checks = [c for c in carol.cells if c.metadata.get("nbgrader", {}).get("grade")]
