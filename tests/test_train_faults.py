@@ -107,9 +107,9 @@ def test_twenty_random_sigkills_during_a_run_that_saves_every_step(tmp_path):
             train(replace(_recipe(steps), loss=loss), out=out, resume=resume, progress=False)
 
         pid = fork(run)
-        os.read(started_read, 1)  # the child reached its first step (or ended: then the read returns b"")
+        os.close(started_write)  # (the child's copy stays open: the read below ends when it writes or exits)
+        os.read(started_read, 1)  # the child reached its first step, or ended without one (a finished run)
         os.close(started_read)
-        os.close(started_write)
         time.sleep(generator.uniform(0.0, 0.4))
         os.kill(pid, signal.SIGKILL)
         status = exit_status(pid)
