@@ -34,6 +34,9 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+from . import catalogues
+from .catalogues import PACKAGE_DIR, TRANSLATIONS_DIR  # noqa: F401 (re-exported)
+
 __all__ = ["LANGUAGES", "DEFAULT_LANGUAGE", "set_language", "get_language", "normalize_language",
            "tr", "translatable", "catalogue", "template_fields", "TRANSLATIONS_DIR"]
 
@@ -45,9 +48,6 @@ DEFAULT_LANGUAGE = "en"
 _ALIASES = {"zh-cn": "zh", "zh_cn": "zh", "zh-hans": "zh", "zh-hans-cn": "zh", "zh-sg": "zh", "chinese": "zh",
             "en-us": "en", "en_us": "en", "en-gb": "en", "en_gb": "en", "english": "en"}
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# the repository's translation files (course_lib is installed from the repository, pip install -e .)
-TRANSLATIONS_DIR = PACKAGE_DIR.parents[1] / "translations"
 
 # fonts with Simplified Chinese glyphs, best first: figure labels in Chinese need one of them
 CJK_FONTS = ("Noto Sans CJK SC", "Source Han Sans SC", "Source Han Sans CN", "PingFang SC", "Heiti SC",
@@ -143,17 +143,15 @@ def catalogue(language: str) -> dict[str, str]:
     An English message translated twice keeps the first translation (the library's, then the
     translation files in sorted order); ``tests/test_translations.py`` refuses such conflicts.
     """
-    from .catalogues import TranslationFileError, library_catalogue_path, read_strings, translation_files
-
     language = normalize_language(language)
     merged: dict[str, str] = {}
-    sources = [library_catalogue_path(language)] + translation_files(language)
+    sources = [catalogues.library_catalogue_path(language)] + catalogues.translation_files(language)
     for path in sources:
         if not path.exists():
             continue
         try:
-            strings = read_strings(path, language)
-        except TranslationFileError as error:   # a lesson keeps running, in English where the file was broken
+            strings = catalogues.read_strings(path, language)
+        except catalogues.TranslationFileError as error:   # a lesson keeps running, in English where the file was broken
             warnings.warn(f"{error} Its messages are shown in English until it is fixed.", stacklevel=3)
             continue
         for english, translated in strings.items():

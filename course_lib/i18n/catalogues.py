@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import atomic_write_text
-from . import PACKAGE_DIR, TRANSLATIONS_DIR
+PACKAGE_DIR = Path(__file__).resolve().parent
+# the repository's translation files (course_lib is installed from the repository, pip install -e .)
+TRANSLATIONS_DIR = PACKAGE_DIR.parents[1] / "translations"
 
 __all__ = ["ROOT", "CellTranslation", "StringTranslation", "TranslationFile", "TranslationFileError",
            "fingerprint", "library_catalogue_path", "translation_files", "translation_path",

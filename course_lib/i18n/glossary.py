@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .catalogues import ROOT, TranslationFileError, _load_yaml
 from .markdown import prose
 
@@ -154,8 +155,6 @@ def readme_tables_problems(terms: list[Term], root: Path = ROOT) -> list[str]:
 
 def write_readme_tables(terms: list[Term], root: Path = ROOT) -> list[Path]:
     """Replace the glossary tables of both READMEs by the glossary file's; returns the files changed."""
-    from ..files import atomic_write_text
-
     changed = []
     for name, (heading, language) in README_SECTIONS.items():
         path = root / name

@@ -24,6 +24,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_write_text
 from . import template_fields
 from .catalogues import (ROOT, CellTranslation, StringTranslation, TranslationFile, TranslationFileError,
                          fingerprint, library_catalogue_path, read_strings, read_translation_file,
@@ -199,8 +200,6 @@ def build(notebook: Path, language: str = "zh", root: Path = ROOT):
 def write_notebook(nb, path: Path) -> Path:
     """Write a notebook atomically, as Jupyter writes it (one-space indent, a final newline)."""
     import nbformat
-
-    from ..files import atomic_write_text
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, nbformat.writes(nb) + "\n")
