@@ -317,17 +317,84 @@ __all__ += ["SamplerSweepResult", "SAMPLER_SWEEP_CHECKPOINTS", "sampler_sweep", 
 
 
 # ----------------------------------------------------------------------------------------------
-# Lesson 08: one prompt with a negative prompt at several guidance scales, read by the shapes judge
+# Lessons 08-09: the mini SD at several settings of one knob, each picture read by the shapes judge
 # ----------------------------------------------------------------------------------------------
 
 
+class _JudgeReadings:
+    """What a result with ``readings[attribute][i][k]`` (picture k at setting i) offers."""
+
+    readings: dict[str, list[list[str]]]
+
+    def tally(self, attribute: str, value: str) -> list[int]:
+        """How many pictures the judge reads as ``value`` at each setting, e.g. ``tally("color", "cyan")``."""
+        check_choice(attribute, tuple(self.readings), "attribute")
+        return [sum(read == value for read in at_setting) for at_setting in self.readings[attribute]]
+
+    @property
+    def colors(self) -> list[list[str]]:
+        """``colors[i][k]``: the colour the judge reads in picture k at setting i."""
+        return self.readings["color"]
+
+    @property
+    def shapes(self) -> list[list[str]]:
+        """``shapes[i][k]``: the shape the judge reads in picture k at setting i."""
+        return self.readings["shape"]
+
+
+def _judged_per_setting(prefix: str, key_arguments, settings: list[float], sample, attributes: tuple[str, ...],
+                        use_cache: bool) -> tuple[torch.Tensor, dict[str, list[list[str]]], bool]:
+    """Pictures and the judge's readings at each setting, each setting cached on its own.
+
+    :param prefix: the cache files' prefix
+    :param key_arguments: ``key_arguments(setting)`` -> everything the pictures at that setting depend on
+        (the checkpoints are added to the key)
+    :param settings: the values of the knob (a guidance scale, a strength), one sampling call each
+    :param sample: ``sample(setting)`` -> uint8 pictures (N, 3, 64, 64)
+    :param attributes: the attributes the judge's readings are kept for
+    :return: (images (S, N, 3, 64, 64) uint8, readings[attribute][i][k], whether every setting was cached)
+    """
+    judge = None
+    images, readings, all_cached = [], {name: [] for name in attributes}, True
+    for setting in settings:
+        key = _mini_sd_key(prefix, key_arguments(setting))
+        cached = _read_cache(key) if use_cache else None
+        if cached is None:
+            all_cached = False
+            uint8 = sample(setting)
+            if judge is None:
+                judge, _ = load_course_model("shapes-judge")
+            heads = split_attribute_logits(judge(from_uint8(uint8.permute(0, 2, 3, 1))))
+            cached = {"images": uint8}, {name: [ATTRIBUTES[name][k] for k in heads[name].argmax(1).tolist()]
+                                         for name in attributes}
+            if use_cache:
+                _write_cache(key, *cached)
+        tensors, info = cached
+        images.append(tensors["images"])
+        for name in attributes:
+            readings[name].append(info[name])
+    return torch.stack(images), readings, all_cached
+
+
+def _mini_sd_pipeline() -> StableDiffusion:
+    pipe = StableDiffusion.from_course("mini-sd")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _to_uint8(pictures: np.ndarray) -> torch.Tensor:
+    """The pipeline's float array (N, H, W, 3) in [0, 1] -> uint8 (N, 3, H, W): round(255 u), as pixels.to_uint8."""
+    return torch.from_numpy(np.round(pictures * 255)).to(torch.uint8).permute(0, 3, 1, 2).contiguous()
+
+
 @dataclass
-class NegativePromptSweepResult:
+class NegativePromptSweepResult(_JudgeReadings):
     """The mini SD's pictures of one prompt and one negative prompt at several guidance scales.
 
     ``images[i]`` are the pictures at ``scales[i]``, uint8 (N, 3, 64, 64); picture k of every scale
-    starts from the same noise. ``colors[i][k]`` and ``shapes[i][k]`` are what the shapes judge reads
-    in picture k at ``scales[i]`` (names from ``captions.ATTRIBUTES``).
+    starts from the same noise. ``readings["color"][i][k]`` (also ``colors[i][k]``) and
+    ``readings["shape"][i][k]`` (``shapes[i][k]``) are what the shapes judge reads in picture k at
+    ``scales[i]`` (names from ``captions.ATTRIBUTES``).
     """
 
     prompt: str
@@ -337,15 +404,8 @@ class NegativePromptSweepResult:
     steps: int
     seed: int
     images: torch.Tensor  # (S, N, 3, 64, 64) uint8
-    colors: list[list[str]]
-    shapes: list[list[str]]
+    readings: dict[str, list[list[str]]]
     from_cache: bool = False
-
-    def tally(self, attribute: str, value: str) -> list[int]:
-        """How many pictures the judge reads as ``value`` at each scale, e.g. ``tally("color", "cyan")``."""
-        readings = {"color": self.colors, "shape": self.shapes}[check_choice(attribute, ("color", "shape"),
-                                                                              "attribute")]
-        return [sum(read == value for read in at_scale) for at_scale in readings]
 
 
 @torch.no_grad()
@@ -373,37 +433,111 @@ def negative_prompt_sweep(prompt: str = "a circle", negative_prompt: str = "red"
         raise ValueError("scales is empty: give at least one guidance scale, e.g. [1, 3, 7.5].")
     check_int_range(num_images, "num_images", 1, 256)
     check_int_range(steps, "steps", 1, 1000)
-    pipe = judge = None
-    images, colors, shapes, all_cached = [], [], [], True
-    for scale in scales:
-        key = _mini_sd_key("negative", ["negative-v1", prompt, negative_prompt, scale, num_images, steps, seed])
-        cached = _read_cache(key) if use_cache else None
-        if cached is not None:
-            tensors, info = cached
-        else:
-            all_cached = False
-            if pipe is None:
-                pipe = StableDiffusion.from_course("mini-sd")
-                pipe.set_progress_bar_config(disable=True)
-                judge, _ = load_course_model("shapes-judge")
-            size = IMAGE_SIZE // pipe.vae_scale_factor  # the shapes world's 64 px in latents
-            noise = torch.randn((num_images, pipe.unet.config.in_channels, size, size),
-                                generator=torch.Generator().manual_seed(seed))
-            pictures = pipe(prompt, negative_prompt=negative_prompt, height=IMAGE_SIZE, width=IMAGE_SIZE,
-                            num_inference_steps=steps, guidance_scale=scale, num_images_per_prompt=num_images,
-                            latents=noise, output_type="np")  # (N, H, W, 3) in [0, 1]
-            # round(255 u), as course_lib.pixels.to_uint8; (N, H, W, 3) -> (N, 3, H, W)
-            uint8 = torch.from_numpy(np.round(pictures * 255)).to(torch.uint8).permute(0, 3, 1, 2).contiguous()
-            heads = split_attribute_logits(judge(from_uint8(uint8.permute(0, 2, 3, 1))))
-            tensors = {"images": uint8}
-            info = {name: [ATTRIBUTES[name][k] for k in heads[name].argmax(1).tolist()] for name in ("color", "shape")}
-            if use_cache:
-                _write_cache(key, tensors, info)
-        images.append(tensors["images"])
-        colors.append(info["color"])
-        shapes.append(info["shape"])
-    return NegativePromptSweepResult(prompt, negative_prompt, scales, num_images, steps, seed, torch.stack(images),
-                                     colors, shapes, from_cache=all_cached)
+    pipe = None
+
+    def sample(scale: float) -> torch.Tensor:
+        nonlocal pipe
+        pipe = pipe or _mini_sd_pipeline()
+        size = IMAGE_SIZE // pipe.vae_scale_factor  # the shapes world's 64 px in latents
+        noise = torch.randn((num_images, pipe.unet.config.in_channels, size, size),
+                            generator=torch.Generator().manual_seed(seed))
+        return _to_uint8(pipe(prompt, negative_prompt=negative_prompt, height=IMAGE_SIZE, width=IMAGE_SIZE,
+                              num_inference_steps=steps, guidance_scale=scale, num_images_per_prompt=num_images,
+                              latents=noise, output_type="np"))
+
+    images, readings, all_cached = _judged_per_setting(
+        "negative", lambda scale: ["negative-v1", prompt, negative_prompt, scale, num_images, steps, seed], scales,
+        sample, ("color", "shape"), use_cache)
+    return NegativePromptSweepResult(prompt, negative_prompt, scales, num_images, steps, seed, images, readings,
+                                     from_cache=all_cached)
 
 
-__all__ += ["NegativePromptSweepResult", "negative_prompt_sweep"]
+@dataclass
+class Img2ImgSweepResult(_JudgeReadings):
+    """img2img of one picture with one prompt at several strengths, read by the shapes judge.
+
+    ``images[i]`` are the pictures at ``strengths[i]``, uint8 (N, 3, 64, 64); ``readings[attribute][i][k]``
+    is what the judge reads in picture k at ``strengths[i]`` for "shape", "color", "size" and "position".
+    """
+
+    source: dict  # the input picture: datasets.render_shape(**source, rng=source_seed)
+    source_seed: int
+    prompt: str
+    strengths: list[float]
+    num_images: int
+    steps: int
+    seed: int
+    images: torch.Tensor  # (S, N, 3, 64, 64) uint8
+    readings: dict[str, list[list[str]]]
+    from_cache: bool = False
+
+
+@torch.no_grad()
+def img2img_sweep(prompt: str = "a large blue circle", strengths=(0.2, 0.4, 0.6, 0.8, 1.0),
+                  source: dict | None = None, source_seed: int = 0, num_images: int = 8, steps: int = 20,
+                  seed: int = 0, use_cache: bool = True) -> Img2ImgSweepResult:
+    """img2img of a drawn picture at several strengths, read by the shapes judge (lesson 09).
+
+    The input is ``datasets.render_shape`` of ``source`` (default: a large red circle in the top
+    left), repeated ``num_images`` times; each strength is one call
+    ``StableDiffusion.img2img(..., strength, num_inference_steps=steps, generator=manual_seed(seed))``
+    (DDIM, guidance 7.5), cached on its own like :func:`negative_prompt_sweep`'s scales.
+
+    :param prompt: the new prompt
+    :param strengths: img2img strengths in [0, 1]
+    :param source: the input's attributes {"shape", "color", "size", "position"}
+    :param source_seed: ``render_shape``'s rng (the jitter of colour and place)
+    :param num_images: pictures per strength
+    :param steps: the sampler's n (img2img runs the last int(n * strength) of them)
+    :param seed: the generator's seed (the encoder's sample and the added noise)
+    :param use_cache: read and write the cache
+    """
+    source = dict(source or {"shape": "circle", "color": "red", "size": "large", "position": "top left"})
+    for name, values in ATTRIBUTES.items():
+        check_choice(source.get(name), values, f"source {name}")
+    strengths = [check_number(s, "strength", minimum=0.0) for s in strengths]
+    if not strengths or max(strengths) > 1:
+        raise ValueError(f"strengths must be a non-empty list of numbers in [0, 1], got {strengths}.")
+    check_int_range(num_images, "num_images", 1, 256)
+    check_int_range(steps, "steps", 1, 1000)
+    pipe = None
+
+    def sample(strength: float) -> torch.Tensor:
+        nonlocal pipe
+        pipe = pipe or _mini_sd_pipeline()
+        picture = from_uint8(render_shape(source["shape"], source["color"], source["size"], source["position"],
+                                          rng=source_seed))  # (3, 64, 64) in [-1, 1]
+        return _to_uint8(pipe.img2img(picture[None].repeat(num_images, 1, 1, 1), prompt, strength=strength,
+                                      num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                                      output_type="np"))
+
+    def key_arguments(strength: float) -> list:
+        return ["img2img-v1", sorted(source.items()), source_seed, prompt, strength, num_images, steps, seed]
+
+    images, readings, all_cached = _judged_per_setting("img2img", key_arguments, strengths, sample,
+                                                       tuple(ATTRIBUTES), use_cache)
+    return Img2ImgSweepResult(source, source_seed, prompt, strengths, num_images, steps, seed, images, readings,
+                              from_cache=all_cached)
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmarks' results, wherever the notebook runs
+# ----------------------------------------------------------------------------------------------
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def benchmark_results(pattern: str) -> list[dict]:
+    """The JSON results in benchmarks/results/ whose file names match ``pattern`` (a glob), in name order.
+
+    Each is the file's object with its name added as "file". The folder is found from course_lib's
+    own location, so a lesson reads it from notebooks/ and from notebooks/zh/ alike.
+
+    :param pattern: e.g. "minisd_samplers-*.json"
+    """
+    return [json.loads(path.read_text(encoding="utf-8")) | {"file": path.name}
+            for path in sorted(RESULTS_DIR.glob(pattern))]
+
+
+__all__ += ["NegativePromptSweepResult", "negative_prompt_sweep", "Img2ImgSweepResult", "img2img_sweep",
+            "RESULTS_DIR", "benchmark_results"]

@@ -1,12 +1,17 @@
-"""Tests of lesson 08's measurement: course_lib.experiments.negative_prompt_sweep, on tiny random models.
-
-Each scale is StableDiffusion.__call__ with the seed's starting noise and the negative prompt, read
-by the shapes judge, cached on its own: a scale gives the same pictures asked alone or with others.
+"""Tests of lessons 08-09's measurements in course_lib.experiments, on tiny random models:
+negative_prompt_sweep (each guidance scale is StableDiffusion.__call__ with the seed's starting noise and
+the negative prompt), img2img_sweep (each strength is StableDiffusion.img2img of a drawn picture), both read
+by the shapes judge and cached per setting, so a setting gives the same pictures asked alone or with others;
+and benchmark_results, the benchmarks' JSON files wherever a notebook runs.
 """
+
+import json
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +19,9 @@ import torch
 
 from course_lib.captions import ATTRIBUTES
 from course_lib.checkpoints import save_checkpoint
-from course_lib.experiments import negative_prompt_sweep
+from course_lib import experiments
+from course_lib.datasets import render_shape
+from course_lib.experiments import benchmark_results, img2img_sweep, negative_prompt_sweep
 from course_lib.networks import build_network
 from course_lib.nn.classifier import split_attribute_logits
 from course_lib.pipeline import StableDiffusion
@@ -107,3 +114,54 @@ def test_bad_arguments_are_explained(tiny_world):
     result = negative_prompt_sweep(scales=[2.0], num_images=1, steps=1)
     with pytest.raises(ValueError, match="attribute"):
         result.tally("size", "small")
+
+
+@pytest.mark.slow
+def test_img2img_sweep_is_one_img2img_call_per_strength_read_by_the_judge(tiny_world):
+    source = {"shape": "square", "color": "green", "size": "small", "position": "center"}
+    result = img2img_sweep("a red circle", strengths=[0.0, 0.5, 1.0], source=source, source_seed=3, num_images=2,
+                           steps=4, seed=6)
+    assert not result.from_cache and result.images.shape == (3, 2, 3, 64, 64) and result.images.dtype == torch.uint8
+    assert set(result.readings) == {"shape", "color", "size", "position"}
+
+    pipe = StableDiffusion.from_course("mini-sd")
+    pipe.set_progress_bar_config(disable=True)
+    judge, _ = load_course_model("shapes-judge")
+    picture = from_uint8(render_shape("square", "green", "small", "center", rng=3))
+    for i, strength in enumerate(result.strengths):
+        images = pipe.img2img(picture[None].repeat(2, 1, 1, 1), "a red circle", strength=strength,
+                              num_inference_steps=4, generator=torch.Generator().manual_seed(6), output_type="np")
+        expected = torch.from_numpy(np.round(images * 255)).permute(0, 3, 1, 2)
+        assert (result.images[i].float() - expected).abs().max() <= 1
+        with torch.no_grad():
+            heads = split_attribute_logits(judge(from_uint8(result.images[i].permute(0, 2, 3, 1))))
+        for name, values in ATTRIBUTES.items():
+            assert result.readings[name][i] == [values[k] for k in heads[name].argmax(1).tolist()]
+    assert result.tally("position", "center") == [row.count("center") for row in result.readings["position"]]
+
+    alone = img2img_sweep("a red circle", strengths=[0.5], source=source, source_seed=3, num_images=2, steps=4, seed=6)
+    assert alone.from_cache and torch.equal(alone.images[0], result.images[1])
+    assert not img2img_sweep("a red circle", strengths=[0.5], source=source, source_seed=4, num_images=2, steps=4,
+                             seed=6).from_cache  # another input picture
+
+
+def test_img2img_sweep_explains_bad_arguments(tiny_world):
+    with pytest.raises(ValueError, match=r"strengths must be a non-empty list of numbers in \[0, 1\]"):
+        img2img_sweep(strengths=[0.5, 1.5])
+    with pytest.raises(ValueError, match="source color"):
+        img2img_sweep(source={"shape": "circle", "color": "purple", "size": "large", "position": "center"})
+
+
+def test_benchmark_results_reads_the_json_files_in_name_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiments, "RESULTS_DIR", tmp_path)
+    (tmp_path / "bench-b.json").write_text(json.dumps({"value": 2}))
+    (tmp_path / "bench-a.json").write_text(json.dumps({"value": 1}))
+    (tmp_path / "other.json").write_text("{}")
+    assert benchmark_results("bench-*.json") == [{"value": 1, "file": "bench-a.json"},
+                                                 {"value": 2, "file": "bench-b.json"}]
+    assert benchmark_results("none-*.json") == []
+
+
+def test_the_results_folder_is_the_repositorys():
+    assert experiments.RESULTS_DIR == Path(experiments.__file__).resolve().parents[1] / "benchmarks" / "results"
+    assert (experiments.RESULTS_DIR.parent / "minisd_samplers.py").is_file()
