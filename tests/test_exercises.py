@@ -249,6 +249,7 @@ ALL_CHECKS = [
     (exercises.check_cyan_scale, 1),
     (exercises.check_euler_step, 4),  # lesson 09
     (exercises.check_img2img_timesteps, 2),
+    (exercises.check_img2img_prediction, 1),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Tests of lesson 09's exercise checks: one Euler step in sigma, and the timesteps img2img runs.
+"""Tests of lesson 09's exercise checks: one Euler step in sigma, the timesteps img2img runs, and the
+prediction of the strength at which img2img changes a shape, a colour or a size (graded by measuring).
 
 As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
 "✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
@@ -155,3 +156,94 @@ def test_img2img_check_expects_what_the_pipeline_runs(sampler, steps, strength, 
     assert seen == img2img_ok(grid.timesteps, strength).float().tolist()
     verdict, _ = run(exercises.check_img2img_timesteps, lambda ts, s: torch.tensor(seen), capsys)
     assert verdict is False  # a constant answer cannot pass: the check tries several grids
+
+
+# ============================================================================ exercise 9.3: predict, then run
+# a made-up model: how many of 8 pictures show the new attribute, per edit and strength 0.2 ... 1.0
+MADE_UP = {"a large red square": [7, 8, 8, 8, 8], "a large blue circle": [0, 8, 8, 7, 6],
+           "a small red circle": [1, 2, 6, 8, 8]}
+MADE_UP_ANSWER = {"shape": 0.2, "color": 0.4, "size": 0.6}
+
+
+class FakeImg2Img:
+    def __init__(self, prompt, strengths):
+        from course_lib.exercises.lesson09 import IMG2IMG_EDITS, IMG2IMG_STRENGTHS
+
+        _, attribute, value = next(edit for edit in IMG2IMG_EDITS.values() if edit[0] == prompt)
+        self.attribute, self.value = attribute, value
+        self.counts = [MADE_UP[prompt][IMG2IMG_STRENGTHS.index(s)] for s in strengths]
+
+    def tally(self, attribute, value):
+        assert (attribute, value) == (self.attribute, self.value)
+        return self.counts
+
+
+@pytest.fixture()
+def made_up_img2img(monkeypatch):
+    from course_lib.exercises import lesson09
+
+    measured = []
+
+    def sweep(prompt, strengths):
+        measured.append((prompt, tuple(strengths)))
+        return FakeImg2Img(prompt, strengths)
+
+    monkeypatch.setattr(lesson09, "img2img_sweep", sweep)
+    return measured
+
+
+@pytest.mark.parametrize("fn", [lambda edit: MADE_UP_ANSWER[edit],
+                                lambda edit: {"shape": 0.2, "color": 0.4, "size": torch.tensor(0.6)}[edit],
+                                lambda edit: {"shape": 0.20000001, "color": 0.4, "size": 0.6}[edit]],
+                         ids=["dict", "tensor", "float_rounding"])
+def test_img2img_prediction_right_answers_pass(fn, made_up_img2img, capsys):
+    assert_correct(exercises.check_img2img_prediction, fn, capsys)
+    # measured at each prediction and the strength below it, nothing more
+    assert made_up_img2img == [("a large red square", (0.2,)), ("a large blue circle", (0.2, 0.4)),
+                               ("a small red circle", (0.4, 0.6))]
+
+
+@pytest.mark.parametrize("answer, hint", [
+    ({"shape": 0.4, "color": 0.4, "size": 0.6}, "shape: already at strength 0.2 the judge reads 'square' in 7"),
+    ({"shape": 0.2, "color": 0.2, "size": 0.6}, "color: at strength 0.2 the judge reads 'blue' in only 0 of the 8"),
+    ({"shape": 0.2, "color": 0.4, "size": 0.4}, "size: at strength 0.4 the judge reads 'small' in only 2"),
+    ({"shape": 0.2, "color": 0.4, "size": 1.0}, "size: already at strength 0.8"),
+    ({"shape": 0.3, "color": 0.4, "size": 0.6}, "return one of the strengths 0.2, 0.4, 0.6, 0.8, 1."),
+    ({"shape": "0.2", "color": 0.4, "size": 0.6}, "your function returned '0.2'"),
+    ({"shape": True, "color": 0.4, "size": 0.6}, "your function returned True"),
+])
+def test_img2img_prediction_mistakes_get_their_hint(answer, hint, made_up_img2img, capsys):
+    verdict, out = run(exercises.check_img2img_prediction, lambda edit: answer[edit], capsys)
+    assert verdict is False
+    assert out.startswith("❌ Not yet")
+    assert hint in out, out
+
+
+def test_img2img_prediction_hints_say_where_the_loop_starts(made_up_img2img, capsys):
+    verdict, out = run(exercises.check_img2img_prediction, lambda edit: {**MADE_UP_ANSWER, "color": 0.2}[edit], capsys)
+    assert verdict is False and "starts the loop at t = 151, where z_t keeps sqrt(ᾱ) = 0.91" in out
+    verdict, out = run(exercises.check_img2img_prediction, lambda edit: {**MADE_UP_ANSWER, "shape": 0.4}[edit], capsys)
+    assert verdict is False and "strength 0.2 starts at t = 151" in out and "8 x 8 latent" in out
+
+
+def test_img2img_prediction_is_graded_by_measuring(made_up_img2img, monkeypatch, capsys):
+    monkeypatch.setitem(MADE_UP, "a small red circle", [1, 7, 8, 8, 8])  # another model: size at 0.4
+    verdict, _ = run(exercises.check_img2img_prediction, lambda edit: MADE_UP_ANSWER[edit], capsys)
+    assert verdict is False
+    assert_correct(exercises.check_img2img_prediction, lambda edit: {**MADE_UP_ANSWER, "size": 0.4}[edit], capsys)
+
+
+@pytest.mark.slow
+def test_img2img_prediction_check_agrees_with_the_shipped_mini_sd(tmp_path, monkeypatch, capsys):
+    """On the shipped mini SD (fresh cache): the first strength where most pictures change passes; its neighbours fail."""
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    from course_lib.experiments import img2img_sweep
+    from course_lib.exercises.lesson09 import IMG2IMG_EDITS, IMG2IMG_MOST, IMG2IMG_STRENGTHS
+
+    first = {}
+    for edit, (prompt, attribute, value) in IMG2IMG_EDITS.items():
+        counts = img2img_sweep(prompt, strengths=IMG2IMG_STRENGTHS[:3]).tally(attribute, value)
+        first[edit] = IMG2IMG_STRENGTHS[next(i for i, n in enumerate(counts) if n >= IMG2IMG_MOST)]
+    assert_correct(exercises.check_img2img_prediction, lambda edit: first[edit], capsys)
+    later = {**first, "shape": IMG2IMG_STRENGTHS[IMG2IMG_STRENGTHS.index(first["shape"]) + 1]}
+    assert run(exercises.check_img2img_prediction, lambda edit: later[edit], capsys)[0] is False

@@ -72,6 +72,9 @@ check                            the learner's function                         
                                  one Euler step of the ODE in sigma
 ``check_img2img_timesteps``      fn(timesteps, strength) -> the timesteps       09
                                  img2img runs, timesteps[n - int(n strength):]
+``check_img2img_prediction``     fn(edit) -> the strength at which img2img      09
+                                 changes a shape, a colour or a size: predict,
+                                 then run
 ===============================  =============================================  ======
 
 The package holds the grading engine (:mod:`.grading`: running the learner's function, comparing,
@@ -88,7 +91,7 @@ from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
 from .lesson06 import check_kl_diagonal_gaussian, check_kl_weight_prediction, check_reparameterise
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention
 from .lesson08 import check_cyan_scale, check_decode_latents, check_guided_noise
-from .lesson09 import check_euler_step, check_img2img_timesteps
+from .lesson09 import check_euler_step, check_img2img_prediction, check_img2img_timesteps
 
 __all__ = [
     "check_q_sample",
@@ -116,4 +119,5 @@ __all__ = [
     "check_cyan_scale",
     "check_euler_step",
     "check_img2img_timesteps",
+    "check_img2img_prediction",
 ]

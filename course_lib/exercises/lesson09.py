@@ -1,4 +1,5 @@
-"""The exercises of lesson 09, samplers and img2img: one Euler step in σ and the timesteps img2img runs."""
+"""The exercises of lesson 09, samplers and img2img: one Euler step in σ, the timesteps img2img runs, and a
+prediction of the strength at which img2img changes a picture's shape, colour or size."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import Callable
 
 import torch
 
+from ..experiments import img2img_sweep
 from ..samplers import EulerSampler, make_sampler
 from .lesson02 import SD_SCHEDULE
-from .grading import Case, grade, hint_for_exception, per_item, seeded
+from .grading import Case, call_learner, correct, grade, hint_for_exception, is_function, not_yet, per_item, seeded
 
-__all__ = ["check_euler_step", "check_img2img_timesteps"]
+__all__ = ["check_euler_step", "check_img2img_timesteps", "check_img2img_prediction"]
 
 
 # (shape, sampling steps n, timestep spacing, grid positions i of the steps checked); the last
@@ -149,3 +151,74 @@ def check_img2img_timesteps(fn: Callable) -> bool:
         shape_hint="return k = int(n * strength) timesteps, the last k of the grid: timesteps[n - k:].",
         exception_hint=exception_hint,
     )
+
+
+# exercise 9.3: lesson 09's img2img of a large red circle in the top left (img2img_sweep's defaults: 8 pictures,
+# 20 DDIM steps, guidance 7.5); each edit: the new prompt, the attribute it changes, its new value
+IMG2IMG_EDITS = {"shape": ("a large red square", "shape", "square"),
+                 "color": ("a large blue circle", "color", "blue"),
+                 "size": ("a small red circle", "size", "small")}
+IMG2IMG_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+IMG2IMG_MOST = 6  # "most of the 8 pictures"
+_IMG2IMG_STEPS = 20
+
+
+def _first_step_run(strength: float) -> str:
+    """Where img2img with 20 DDIM steps starts at this strength, in words: the timestep and the input kept."""
+    sampler = make_sampler("ddim", SD_SCHEDULE, steps_offset=1, set_alpha_to_one=False)  # SD's DDIM settings
+    sampler.set_timesteps(_IMG2IMG_STEPS)
+    k = int(_IMG2IMG_STEPS * strength)
+    t = int(sampler.timesteps[_IMG2IMG_STEPS - k])
+    return f"t = {t}, where z_t keeps sqrt(ᾱ) = {SD_SCHEDULE.alphas_cumprod[t].sqrt():.2f} of the input's latent"
+
+
+def check_img2img_prediction(fn: Callable) -> bool:
+    """Check a prediction ``fn(edit) -> strength`` about img2img (lesson 09): predict, then run.
+
+    Lesson 09's input is a large red circle in the top left. For three new prompts that each change one
+    attribute (``IMG2IMG_EDITS``: "shape" to a square, "color" to blue, "size" to small) the learner
+    predicts the smallest strength among 0.2, 0.4, 0.6, 0.8 and 1.0 at which the shapes judge reads the
+    new value in at least 6 of the 8 pictures. The check runs img2img at the predicted strength and at
+    the one below (:func:`course_lib.experiments.img2img_sweep`, cached per strength) and compares.
+
+    :param fn: the learner's function of one edit name, returning a strength
+    :return: True if every prediction agrees with the measurement
+    """
+    if not is_function(fn, "check_img2img_prediction"):
+        return False
+    exception_hint = hint_for_exception("(edit)", 'a strength for each edit, e.g. {"shape": 0.6, "color": 0.4, '
+                                                  '"size": 0.6}[edit]', broadcast=False)
+    predictions = {}
+    for edit in IMG2IMG_EDITS:
+        ok, got = call_learner(fn, (edit,), exception_hint)
+        if not ok:
+            return False
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, (int, float)) \
+                or not any(math.isclose(got, s, abs_tol=1e-6) for s in IMG2IMG_STRENGTHS):
+            return not_yet(f"for edit = {edit!r} your function returned {got!r}.",
+                           f"return one of the strengths {', '.join(f'{s:g}' for s in IMG2IMG_STRENGTHS)}.")
+        predictions[edit] = next(s for s in IMG2IMG_STRENGTHS if math.isclose(got, s, abs_tol=1e-6))
+    for edit, strength in predictions.items():
+        prompt, attribute, value = IMG2IMG_EDITS[edit]
+        index = IMG2IMG_STRENGTHS.index(strength)
+        strengths = IMG2IMG_STRENGTHS[max(index - 1, 0):index + 1]
+        counts = img2img_sweep(prompt, strengths=strengths).tally(attribute, value)
+        total = 8
+        if counts[-1] < IMG2IMG_MOST:
+            return not_yet(
+                f"{edit}: at strength {strength:g} the judge reads {value!r} in only {counts[-1]} of the {total} "
+                f"pictures of \"{prompt}\" (at least {IMG2IMG_MOST} are needed).",
+                f"strength {strength:g} starts the loop at {_first_step_run(strength)}: too much of the red "
+                f"circle is still there for the prompt to change this. Predict a larger strength.")
+        if len(counts) == 2 and counts[0] >= IMG2IMG_MOST:
+            below = IMG2IMG_STRENGTHS[index - 1]
+            return not_yet(
+                f"{edit}: already at strength {below:g} the judge reads {value!r} in {counts[0]} of the {total} "
+                f"pictures of \"{prompt}\".",
+                f"strength {below:g} starts at {_first_step_run(below)}, and that is enough noise for this edit. "
+                f"Which differences does noise hide first: those carried by a few cells of the 8 x 8 latent, or "
+                f"those spread over many?")
+    return correct("at each strength you predicted most of the 8 pictures show the new shape, colour or size, and "
+                   "at the strength below they do not.")
