@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/minisd_samplers.py [--prompts 160] [--steps 5,10,20,50] [--out results.json]
 
+Lesson 09 reads benchmarks/results/minisd_samplers-*.json (the newest) for its table of 160 pictures.
+
 ``course_lib.experiments.sampler_sweep`` with every full prompt of seen colour-shape pairs (160
 pictures per run; the lesson samples 16): DDPM, DDIM, Euler and DPM-Solver++(2M) at 5, 10, 20 and
 50 steps, guidance scale 7.5, the same starting noise for every run. Each picture is read by the
@@ -12,7 +14,9 @@ On one CPU thread it takes about ten times as long as the lesson's sweep.
 """
 
 import argparse
+import datetime
 import json
+import os
 import time
 
 import torch
@@ -46,8 +50,11 @@ def main():
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"prompts": args.prompts, "guidance_scale": args.guidance_scale, "seed": args.seed,
-                       "real": result.real, "reports": result.reports}, f, indent=2)
+            json.dump({"benchmark": "benchmarks/minisd_samplers.py", "date": str(datetime.date.today()),
+                       "torch": torch.__version__, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+                       "total_s": round(time.perf_counter() - start), "prompts": args.prompts,
+                       "guidance_scale": args.guidance_scale, "seed": args.seed, "real": result.real,
+                       "reports": result.reports}, f, indent=2)
     return result
 
 
