@@ -244,6 +244,7 @@ ALL_CHECKS = [
     (exercises.check_kl_weight_prediction, 1),
     (exercises.check_cross_attention, 3),  # lesson 07
     (exercises.check_clip_contrastive_loss, 3),
+    (exercises.check_token_state_prediction, 1),
     (exercises.check_guided_noise, 6),  # lesson 08
     (exercises.check_decode_latents, 2),
     (exercises.check_cyan_scale, 1),

@@ -1,4 +1,5 @@
-"""Tests of lesson 07's exercise checks: cross-attention and CLIP's contrastive loss.
+"""Tests of lesson 07's exercise checks: cross-attention, CLIP's contrastive loss, and the prediction
+about edits of a prompt's token states.
 
 As in test_exercises.py: a right answer (written as a learner would, in several forms) passes with
 "✅ Correct", every typical mistake fails with "❌ Not yet" and the hint that names it, and a check
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import exercises
+from course_lib.exercises import lesson07
 
 from _exercise_harness import assert_correct, run
 
@@ -175,3 +177,76 @@ def test_contrastive_returning_a_float_or_a_batch(capsys):
 def test_exports():
     assert "check_cross_attention" in exercises.__all__
     assert "check_clip_contrastive_loss" in exercises.__all__
+    assert "check_token_state_prediction" in exercises.__all__
+
+
+# ============================================================================ predict, then run: token states
+RIGHT_EDITS = {"swap the states of red and circle": "the same picture",
+               "swap the words red and circle": "a different picture, not blue",
+               "blue's state in red's place": "a different picture, not blue",
+               "blue's states from the colour on": "a blue picture"}
+
+
+def _measured(max_difference, reads):
+    return {"max_difference": max_difference, "reads": reads, "blue": sum(r.startswith("blue ") for r in reads)}
+
+
+# what the mini SD drew when the lesson was written (3 pictures, 20 DDIM steps, guidance 7.5, seed 0)
+MEASURED_EDITS = {
+    "unedited": _measured(0.0, ["red circle"] * 3),
+    "swap the states of red and circle": _measured(2e-5, ["red circle"] * 3),
+    "swap the words red and circle": _measured(0.96, ["red circle"] * 3),
+    "blue's state in red's place": _measured(1.9, ["red circle", "red circle", "yellow circle"]),
+    "blue's states from the colour on": _measured(2.0, ["blue circle"] * 3),
+}
+
+
+@pytest.fixture
+def measured_edits(monkeypatch):
+    """The check reads these instead of sampling the mini SD."""
+    monkeypatch.setattr(lesson07, "token_state_experiment", lambda: MEASURED_EDITS)
+
+
+def test_token_state_outcome_rule():
+    assert lesson07.token_state_outcome(_measured(9e-4, ["blue circle"] * 3)) == "the same picture"
+    assert lesson07.token_state_outcome(_measured(2e-3, ["red circle"] * 3)) == "a different picture, not blue"
+    assert lesson07.token_state_outcome(_measured(1.0, ["blue circle", "blue square", "red circle"])) == "a blue picture"
+    assert lesson07.token_state_outcome(_measured(1.0, ["blue circle", "cyan circle", "red circle"])) == \
+        "a different picture, not blue"  # a majority is needed
+    assert lesson07.token_state_outcome(_measured(1.0, ["blue circle", "cyan circle"])) == "a different picture, not blue"
+
+
+def test_token_state_prediction_right_answer(measured_edits, capsys):
+    assert_correct(exercises.check_token_state_prediction, RIGHT_EDITS.get, capsys)
+
+
+@pytest.mark.parametrize("edit, wrong, hint", [
+    ("swap the states of red and circle", "a different picture, not blue", "a weighted average over a set"),
+    ("swap the words red and circle", "the same picture", "every state from the swapped words on"),
+    ("blue's state in red's place", "a blue picture", "attends causally"),
+    ("blue's states from the colour on", "a different picture, not blue", "are the same in both prompts"),
+])
+def test_token_state_wrong_prediction_shows_what_was_drawn(measured_edits, edit, wrong, hint, capsys):
+    verdict, out = run(exercises.check_token_state_prediction, {**RIGHT_EDITS, edit: wrong}.get, capsys)
+    assert verdict is False
+    assert out.startswith(f"❌ Not yet: for {edit!r} you predicted {wrong!r}; the mini SD drew {RIGHT_EDITS[edit]!r}"), out
+    assert ", ".join(MEASURED_EDITS[edit]["reads"]) in out
+    assert hint in out
+
+
+@pytest.mark.parametrize("answer", ["same", "a blue circle", True, None])
+def test_token_state_replies_outside_the_three_are_refused(measured_edits, answer, capsys):
+    verdict, out = run(exercises.check_token_state_prediction, lambda edit: answer, capsys)
+    assert verdict is False
+    assert ("returned None" if answer is None else "exactly one of the strings") in out
+
+
+@pytest.mark.slow
+def test_token_state_experiment_draws_what_the_lesson_teaches():
+    """The mini SD itself (a few seconds): the states' order does not matter, the words' order changes the
+    picture but not its colour, one transplanted state does not make it blue, all the later ones do."""
+    measured = lesson07.token_state_experiment()
+    assert {edit: lesson07.token_state_outcome(measured[edit]) for edit in lesson07.TOKEN_EDITS} == RIGHT_EDITS
+    assert measured["swap the states of red and circle"]["max_difference"] < 1e-3 < \
+        measured["swap the words red and circle"]["max_difference"]
+    assert all(read == "red circle" for read in measured["swap the words red and circle"]["reads"])

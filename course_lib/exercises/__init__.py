@@ -61,6 +61,10 @@ check                            the learner's function                         
                                  per head, q (B, h, N, d), k and v (B, h, L, d)
 ``check_clip_contrastive_loss``  fn(image_embeds, text_embeds, logit_scale)     07
                                  -> CLIP's symmetric loss, a scalar
+``check_token_state_prediction`` fn(edit) -> "the same picture", "a different  07
+                                 picture, not blue" or "a blue picture": four
+                                 edits of a prompt's token states, sampled and
+                                 judged: predict, then run
 ``check_guided_noise``           fn(unet, latents, t, prompt_embeds,            08
                                  negative_prompt_embeds, guidance_scale) -> eps,
                                  one UNet pass over the batch of two
@@ -89,7 +93,7 @@ from .lesson03 import check_guidance_prediction, check_noised_component, check_t
 from .lesson04 import check_bayes_score, check_classifier_guided_eps, check_eps_form_mean_shift
 from .lesson05 import check_batch_of_two, check_cfg, check_guidance_comparison
 from .lesson06 import check_kl_diagonal_gaussian, check_kl_weight_prediction, check_reparameterise
-from .lesson07 import check_clip_contrastive_loss, check_cross_attention
+from .lesson07 import check_clip_contrastive_loss, check_cross_attention, check_token_state_prediction
 from .lesson08 import check_cyan_scale, check_decode_latents, check_guided_noise
 from .lesson09 import check_euler_step, check_img2img_prediction, check_img2img_timesteps
 
@@ -114,6 +118,7 @@ __all__ = [
     "check_kl_weight_prediction",
     "check_cross_attention",
     "check_clip_contrastive_loss",
+    "check_token_state_prediction",
     "check_guided_noise",
     "check_decode_latents",
     "check_cyan_scale",

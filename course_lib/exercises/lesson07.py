@@ -1,17 +1,24 @@
-"""The exercises of lesson 07, text conditioning: cross-attention and CLIP's contrastive loss."""
+"""The exercises of lesson 07, text conditioning: cross-attention, CLIP's contrastive loss, and a
+prediction about edits of the prompt's token states."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..captions import ATTRIBUTES
 from ..losses import contrastive_loss
-from .grading import Case, grade, seeded
+from ..nn.classifier import split_attribute_logits
+from ..pipeline import StableDiffusion
+from ..pretrained import load_course_model
+from .grading import Case, ask_predictions, correct, grade, not_yet, seeded
 
-__all__ = ["check_cross_attention", "check_clip_contrastive_loss"]
+__all__ = ["check_cross_attention", "check_clip_contrastive_loss", "check_token_state_prediction",
+           "token_state_experiment"]
 
 
 # (batch, heads, N image positions, L prompt tokens, d channels per head). The first case has
@@ -161,3 +168,113 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
         shape_hint="the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch.",
         exception_hint=exception_hint,
     )
+
+
+# ---------------------------------------------------------------------------------- predict, then run
+PROMPT, OTHER_PROMPT = "a large red circle in the top left", "a large blue circle in the top left"
+TOKEN_EDITS = ("swap the states of red and circle", "swap the words red and circle", "blue's state in red's place",
+               "blue's states from the colour on")
+OUTCOMES = ("the same picture", "a different picture, not blue", "a blue picture")
+_WHY = {
+    TOKEN_EDITS[0]: "cross-attention is softmax(Q Kᵀ / √d) V over the L tokens: swapping two rows of c swaps two rows of "
+                    "K and of V together. Does a weighted average over a set change when the set is listed in another "
+                    "order? (The positions were already used, inside the text encoder.)",
+    TOKEN_EDITS[1]: "the text encoder sees the words in their new order: every state from the swapped words on is "
+                    "computed again. And does the UNet need the word order to know the colour and the shape?",
+    TOKEN_EDITS[2]: "the text encoder attends causally (section 3): the states of circle, in, the, top, left and of "
+                    "the end token were computed after reading red, and they are still those of the red prompt. Which "
+                    "colour do most of the 16 states now carry?",
+    TOKEN_EDITS[3]: "the states before the colour word, <|startoftext|> a large, are the same in both prompts (a causal "
+                    "encoder has not read the colour yet), so these are the blue prompt's states.",
+}
+
+
+@functools.cache
+def token_state_experiment(pictures: int = 3, steps: int = 20, guidance_scale: float = 7.5,
+                           seed: int = 0) -> dict[str, dict]:
+    """Sample the mini SD with the prompt's text states c edited four ways, and judge the pictures (lesson 07).
+
+    From ``PROMPT``'s states c (L, D): (1) rows of "red" and "circle" swapped; (2) the states of the
+    prompt with those two words swapped; (3) the row of "red" replaced by the row of "blue" from
+    ``OTHER_PROMPT``; (4) every row from the colour word on taken from ``OTHER_PROMPT``. Each with the
+    same ``pictures`` starting noises as c itself, DDIM, classifier-free guidance against "", in one batch.
+
+    :return: {"unedited" or edit: {"images": (pictures, 3, 64, 64) in [-1, 1], "max_difference": the largest
+        pixel difference to the unedited pictures, "reads": the judge's "colour shape" of each picture,
+        "blue": how many it reads as blue}}
+    """
+    pipe = StableDiffusion.from_course("mini-sd")
+    judge, _ = load_course_model("shapes-judge")
+    tokens = pipe.tokenizer.convert_ids_to_tokens(pipe.tokenizer(PROMPT)["input_ids"])
+    colour, shape = tokens.index("red"), tokens.index("circle")
+    with torch.no_grad():
+        states = {prompt: pipe.encode_prompt(prompt, do_cfg=False)[0][0]   # (L, D)
+                  for prompt in (PROMPT, OTHER_PROMPT, "a large circle red in the top left", "")}
+    c, other = states[PROMPT], states[OTHER_PROMPT]
+    swapped = c.clone()
+    swapped[[colour, shape]] = c[[shape, colour]]
+    transplanted = c.clone()
+    transplanted[colour] = other[colour]
+    from_colour_on = c.clone()
+    from_colour_on[colour:] = other[colour:]
+    variants = {"unedited": c, TOKEN_EDITS[0]: swapped, TOKEN_EDITS[1]: states["a large circle red in the top left"],
+                TOKEN_EDITS[2]: transplanted, TOKEN_EDITS[3]: from_colour_on}
+    # (V * pictures, L, D): each variant repeated for the same starting noises
+    text = torch.cat([v.expand(pictures, -1, -1) for v in variants.values()])
+    prompt_embeds = torch.cat([states[""].expand_as(text), text])   # the batch of two: [c_uncond, c]
+    sampler = pipe.make_sampler("ddim")
+    sampler.set_timesteps(steps)
+    size = pipe.default_size
+    latents = pipe.prepare_latents(pictures, *size, sampler, torch.Generator().manual_seed(seed))
+    latents = latents.repeat(len(variants), 1, 1, 1)
+    with torch.no_grad():
+        for t in sampler.timesteps:
+            latents = pipe.denoise_step(sampler, latents, t, prompt_embeds, guidance_scale, True)
+        images = pipe.decode_latents(latents).clamp(-1, 1).float()
+        heads = split_attribute_logits(judge(images))
+    colours = [ATTRIBUTES["color"][i] for i in heads["color"].argmax(1).tolist()]
+    shapes = [ATTRIBUTES["shape"][i] for i in heads["shape"].argmax(1).tolist()]
+    result, unedited = {}, images[:pictures]
+    for index, name in enumerate(variants):
+        part = slice(index * pictures, (index + 1) * pictures)
+        result[name] = {"images": images[part], "max_difference": (images[part] - unedited).abs().max().item(),
+                        "reads": [f"{c_} {s_}" for c_, s_ in zip(colours[part], shapes[part])],
+                        "blue": colours[part].count("blue")}
+    return result
+
+
+def token_state_outcome(measured: dict) -> str:
+    """One of ``OUTCOMES`` for an edit's measurement: the same pictures (every pixel within 1e-3), most
+    pictures read as blue, or neither."""
+    if measured["max_difference"] < 1e-3:
+        return OUTCOMES[0]
+    if 2 * measured["blue"] > len(measured["reads"]):
+        return OUTCOMES[2]
+    return OUTCOMES[1]
+
+
+def check_token_state_prediction(fn: Callable) -> bool:
+    """Check a prediction ``fn(edit) -> one of OUTCOMES`` for four edits of a prompt's text states (lesson 07).
+
+    For each of ``TOKEN_EDITS`` of the states of "a large red circle in the top left", the learner
+    predicts whether the mini SD draws the same pictures, different pictures that are not blue, or
+    blue pictures; the check samples all of them (:func:`token_state_experiment`, a few seconds,
+    cached) and compares.
+
+    :param fn: the learner's function of an edit's name
+    :return: True if every prediction agrees with the measurement
+    """
+    predictions = ask_predictions(fn, TOKEN_EDITS, check_name="check_token_state_prediction", name="edit",
+                                  answers=OUTCOMES)
+    if predictions is None:
+        return False
+    measured = token_state_experiment()
+    for edit in TOKEN_EDITS:
+        outcome = token_state_outcome(measured[edit])
+        if predictions[edit] != outcome:
+            reads = ", ".join(measured[edit]["reads"])
+            return not_yet(f"for {edit!r} you predicted {predictions[edit]!r}; the mini SD drew {outcome!r} (the "
+                           f"judge reads: {reads}; largest pixel change {measured[edit]['max_difference']:.2g}).",
+                           _WHY[edit])
+    return correct("cross-attention reads the token states as a set (their order does not matter), and a word's "
+                   "meaning is not in its own state alone: a causal encoder writes it into every later state.")
