@@ -195,9 +195,35 @@ def grade(fn, cases: list[Case], *, result_name: str, success: str, generic_hint
     return correct(success)
 
 
+def _replies(fn, inputs, *, check_name: str, name: str, valid: Callable, expected: str, exactly: str) -> dict | None:
+    """``fn(value)`` for every input, each reply checked by ``valid``: {input: reply}, or None after printing why not.
+
+    :param expected: what a reply should be, e.g. 'one of "larger" or "smaller"' (for the hints)
+    :param exactly: the same, said strictly, for a reply of the wrong form
+    """
+    if not is_function(fn, check_name):
+        return None
+    exception_hint = hint_for_exception(f"({name})", expected, broadcast=False)
+    replies = {}
+    for value in inputs:
+        ok, got = call_learner(fn, (value,), exception_hint)
+        if not ok:
+            return None
+        if got is None:
+            not_yet(tr("your function returned None for {name} = {value!r}.", name=name, value=value),
+                    tr("return {expected}.", expected=expected))
+            return None
+        if not valid(got):
+            not_yet(tr("for {name} = {value!r} your function returned {got!r}.", name=name, value=value, got=got),
+                    tr("return {expected}.", expected=exactly))
+            return None
+        replies[value] = got
+    return replies
+
+
 def collect_predictions(fn, check_name: str, argument: str, inputs, keys: tuple[str, ...], value_ok: Callable,
                         value_words: str) -> dict | None:
-    """The predictions of a predict-then-run exercise: ``fn(value)`` for each value of ``inputs``.
+    """The predictions of a predict-then-run exercise whose replies are dicts: ``fn(value)`` for each input.
 
     Each call must return a dict with exactly ``keys``, every value passing ``value_ok``. Returns
     ``{value: dict}``, or None after printing what is wrong (not a function, not done yet, an
@@ -206,28 +232,12 @@ def collect_predictions(fn, check_name: str, argument: str, inputs, keys: tuple[
     :param argument: the name of fn's argument, for the messages (e.g. "kind")
     :param value_words: what every value must be, for the messages (e.g. "True or False")
     """
-    if not is_function(fn, check_name):
-        return None
     names = tr(" and ").join(repr(key) for key in keys)
-    exception_hint = hint_for_exception(f"({argument})", tr("a dict with the keys {names}, each {value_words}",
-                                                             names=names, value_words=value_words), broadcast=False)
-    predictions = {}
-    for value in inputs:
-        ok, got = call_learner(fn, (value,), exception_hint)
-        if not ok:
-            return None
-        if got is None:
-            not_yet(tr("your function returned None for {argument} = {value!r}.", argument=argument, value=value),
-                    tr("return a dict with the keys {names}.", names=names))
-            return None
-        if not isinstance(got, dict) or set(got) != set(keys) or not all(value_ok(v) for v in got.values()):
-            not_yet(tr("for {argument} = {value!r} your function returned {got!r}.", argument=argument, value=value,
-                       got=got),
-                    tr("return a dict with exactly the keys {names}, each {value_words}.", names=names,
-                       value_words=value_words))
-            return None
-        predictions[value] = got
-    return predictions
+    return _replies(fn, inputs, check_name=check_name, name=argument,
+                    valid=lambda got: isinstance(got, dict) and set(got) == set(keys) and all(map(value_ok, got.values())),
+                    expected=tr("a dict with the keys {names}, each {value_words}", names=names, value_words=value_words),
+                    exactly=tr("a dict with exactly the keys {names}, each {value_words}", names=names,
+                               value_words=value_words))
 
 
 def ask_predictions(fn, inputs, *, check_name: str, name: str, answers: tuple[str, ...]) -> dict | None:
@@ -240,25 +250,11 @@ def ask_predictions(fn, inputs, *, check_name: str, name: str, answers: tuple[st
     :param answers: the strings a reply may be
     :return: {input: reply}, or None after printing why not (not a function, an exception, None, another reply)
     """
-    if not is_function(fn, check_name):
-        return None
     listed = " or ".join(f'"{answer}"' for answer in answers)
-    exception_hint = hint_for_exception(f"({name})", tr("one of {answers}", answers=listed), broadcast=False)
-    replies = {}
-    for value in inputs:
-        ok, got = call_learner(fn, (value,), exception_hint)
-        if not ok:
-            return None
-        if got is None:
-            not_yet(tr("your function returned None for {name} = {value!r}.", name=name, value=value),
-                    tr("return one of {answers}.", answers=listed))
-            return None
-        if not isinstance(got, str) or got not in answers:
-            not_yet(tr("for {name} = {value!r} your function returned {got!r}.", name=name, value=value, got=got),
-                    tr("return exactly one of the strings {answers}.", answers=listed))
-            return None
-        replies[value] = got
-    return replies
+    return _replies(fn, inputs, check_name=check_name, name=name,
+                    valid=lambda got: isinstance(got, str) and got in answers,
+                    expected=tr("one of {answers}", answers=listed),
+                    exactly=tr("exactly one of the strings {answers}", answers=listed))
 
 
 def hint_for_exception(signature: str, formula: str, broadcast: bool = True):
