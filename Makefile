@@ -81,13 +81,17 @@ unit: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python -m pytest notebooks --nbval-lax
 
-# Student versions of the notebooks in $(STUDENT_DIR)/: solutions replaced by raise NotImplementedError().
+# Student versions of the notebooks in $(STUDENT_DIR)/ (the Chinese lessons in $(STUDENT_DIR)/zh/):
+# solutions replaced by raise NotImplementedError().
 student: $(STAMP)
 	$(BIN)/python -m course_lib.student notebooks $(STUDENT_DIR)
+	$(BIN)/python -m course_lib.student notebooks/zh $(STUDENT_DIR)/zh
 
-# The lessons as an nbgrader course's source: solutions kept, check cells graded (see README).
+# The lessons as an nbgrader course's source: solutions kept, check cells graded (see README);
+# the Chinese lessons as a second assignment, lessons-zh.
 nbgrader-source: $(STAMP)
 	$(BIN)/python -m course_lib.student --nbgrader-source notebooks $(NBGRADER_DIR)/source/lessons
+	$(BIN)/python -m course_lib.student --nbgrader-source notebooks/zh $(NBGRADER_DIR)/source/lessons-zh
 
 # The Chinese lessons (notebooks/zh/) and explorer (app/zh/), built from the English notebooks and
 # the translation files in translations/zh/, and executed where their code changed (CONTRIBUTING.md).

@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -19,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 from course_lib.student import main, make_nbgrader_source, make_student_notebook, write_student_versions
 
-NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
+ROOT = Path(__file__).parents[1]
 MARKER = re.compile(r"^[ \t]*#+[ \t]*(BEGIN|END) SOLUTION[ \t]*$")
 
 EXERCISE = (
@@ -266,19 +269,21 @@ def _all_strings(value) -> list[str]:
     return []
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """(instructor path, student path) for every course notebook, and the instructor bytes before."""
-    before = {path: path.read_bytes() for path in sorted(NOTEBOOKS.glob("*.ipynb"))}
+@pytest.fixture(scope="module", params=["notebooks", "notebooks/zh"])
+def converted(request, tmp_path_factory):
+    """(instructor path, student path) for every course notebook, English and Chinese (make student
+    writes both), and the instructor bytes before."""
+    folder = ROOT / request.param
+    before = {path: path.read_bytes() for path in sorted(folder.glob("*.ipynb"))}
     out = tmp_path_factory.mktemp("student")
-    written = write_student_versions(NOTEBOOKS, out)
-    after = {path: path.read_bytes() for path in sorted(NOTEBOOKS.glob("*.ipynb"))}
+    written = write_student_versions(folder, out)
+    after = {path: path.read_bytes() for path in sorted(folder.glob("*.ipynb"))}
     return before, after, {path: out / path.name for path in before}, written
 
 
 def test_every_course_notebook_gets_a_student_version_and_none_is_modified(converted):
     before, after, pairs, written = converted
-    assert before, f"no notebooks in {NOTEBOOKS}"
+    assert before, "no notebooks in the course's notebook folder"
     assert after == before
     assert sorted(written) == sorted(pairs.values())
 
@@ -322,6 +327,33 @@ def test_no_solution_line_is_left_in_any_student_notebook(converted):
                 assert cell_after.outputs == [] and cell_after.metadata["nbgrader"]["solution"] is True
         assert "widgets" not in student.metadata
     assert with_markers >= 1, "no course notebook has ### BEGIN SOLUTION markers: nothing was checked"
+
+
+@pytest.mark.slow  # two conversions of every notebook through make (about 12 s)
+def test_make_student_and_nbgrader_source_write_the_english_and_the_chinese_lessons(tmp_path):
+    """make student writes student/ and student/zh/, make nbgrader-source source/lessons and
+    source/lessons-zh, each the same bytes as write_student_versions gives for that folder."""
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    venv = Path(sys.prefix)  # this interpreter, as $(VENV)/bin/python; its install stamp is not remade
+    command = ["make", "-o", str(venv / ".course-installed"), "student", "nbgrader-source", f"VENV={venv}",
+               f"STUDENT_DIR={tmp_path / 'student'}", f"NBGRADER_DIR={tmp_path / 'course'}"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"{' '.join(command)} failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    for source, student, nbgrader in (("notebooks", "student", "course/source/lessons"),
+                                      ("notebooks/zh", "student/zh", "course/source/lessons-zh")):
+        names = sorted(path.name for path in (ROOT / source).glob("*.ipynb"))
+        assert names, f"no notebooks in {source}"
+        for out, nbgrader_source in ((student, False), (nbgrader, True)):
+            expected = write_student_versions(ROOT / source, tmp_path / "expected" / out, nbgrader_source=nbgrader_source)
+            assert sorted(path.name for path in (tmp_path / out).glob("*.ipynb")) == names, out
+            for path in expected:
+                assert (tmp_path / out / path.name).read_bytes() == path.read_bytes(), f"{out}/{path.name}"
+    # the Chinese student lessons have their solutions taken out, and their check cells kept
+    lesson = nbformat.read(tmp_path / "student" / "zh" / "01_forward_diffusion.ipynb", as_version=4)
+    stubs = [cell for cell in lesson.cells if cell.metadata.get("nbgrader", {}).get("solution")]
+    assert stubs and all("raise NotImplementedError()" in cell.source and not cell.outputs for cell in stubs)
+    assert not any("### BEGIN SOLUTION" in cell.source for cell in lesson.cells)
 
 
 # ---------------------------------------------------------------------------------------------
