@@ -250,7 +250,7 @@ def ask_predictions(fn, inputs, *, check_name: str, name: str, answers: tuple[st
     :param answers: the strings a reply may be
     :return: {input: reply}, or None after printing why not (not a function, an exception, None, another reply)
     """
-    listed = " or ".join(f'"{answer}"' for answer in answers)
+    listed = tr(" or ").join(f'"{answer}"' for answer in answers)
     return _replies(fn, inputs, check_name=check_name, name=name,
                     valid=lambda got: isinstance(got, str) and got in answers,
                     expected=tr("one of {answers}", answers=listed),
@@ -285,6 +285,19 @@ def per_item(values: torch.Tensor) -> torch.Tensor:
 
 def timesteps_text(t: torch.Tensor) -> str:
     return f"t = {t.tolist()}"
+
+
+def stand_in_error(reason: str, message: str, **details) -> ValueError:
+    """The ValueError a check's stand-in model raises when the learner calls it wrongly.
+
+    The message is shown to the learner, in their language; ``error.stand_in_reason`` (a fixed word,
+    e.g. "timestep count") and ``error.details`` (the numbers) tell the check's exception hint which
+    rule the call broke without reading the translated message. Other exceptions have no
+    ``stand_in_reason``: ``getattr(error, "stand_in_reason", None)``.
+    """
+    error = ValueError(message)
+    error.stand_in_reason, error.details = reason, details
+    return error
 
 
 class CountingModel(nn.Module):

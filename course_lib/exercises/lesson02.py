@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..diffusion import pred_x0_from_eps, q_sample
+from ..i18n import tr, translatable
 from ..pretrained import load_course_model
 from ..samplers import DDIMSampler, DDPMSampler, sample_loop
 from ..schedules import make_schedule
@@ -36,37 +37,37 @@ def check_pred_x0(fn: Callable) -> bool:
 
         def mistakes(x_t=x_t, eps=eps, a=a):
             return [
-                ("check the sign: solve x_t = sqrt(ᾱ_t)·x0 + sqrt(1 - ᾱ_t)·ε for x0, which subtracts "
-                 "the noise term: x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t).",
+                (tr("check the sign: solve x_t = sqrt(ᾱ_t)·x0 + sqrt(1 - ᾱ_t)·ε for x0, which subtracts "
+                    "the noise term: x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t)."),
                  lambda: (x_t + (1 - a).sqrt() * eps) / a.sqrt()),
-                ("you forgot the square roots: the coefficients are sqrt(1 - ᾱ_t) and sqrt(ᾱ_t).",
+                (tr("you forgot the square roots: the coefficients are sqrt(1 - ᾱ_t) and sqrt(ᾱ_t)."),
                  lambda: (x_t - (1 - a) * eps) / a),
-                ("you forgot the square root on the noise term: sqrt(1 - ᾱ_t)·ε.",
+                (tr("you forgot the square root on the noise term: sqrt(1 - ᾱ_t)·ε."),
                  lambda: (x_t - (1 - a) * eps) / a.sqrt()),
-                ("you forgot the square root in the division: divide by sqrt(ᾱ_t).",
+                (tr("you forgot the square root in the division: divide by sqrt(ᾱ_t)."),
                  lambda: (x_t - (1 - a).sqrt() * eps) / a),
-                ("divide by sqrt(ᾱ_t), do not multiply: x_t = sqrt(ᾱ_t)·x0 + ..., so x0 = (...) / sqrt(ᾱ_t).",
+                (tr("divide by sqrt(ᾱ_t), do not multiply: x_t = sqrt(ᾱ_t)·x0 + ..., so x0 = (...) / sqrt(ᾱ_t)."),
                  lambda: (x_t - (1 - a).sqrt() * eps) * a.sqrt()),
-                ("you subtracted the noise but did not divide by sqrt(ᾱ_t).",
+                (tr("you subtracted the noise but did not divide by sqrt(ᾱ_t)."),
                  lambda: x_t - (1 - a).sqrt() * eps),
-                ("ᾱ_t and 1 - ᾱ_t are swapped: the noise term is sqrt(1 - ᾱ_t)·ε and you divide by "
-                 "sqrt(ᾱ_t).",
+                (tr("ᾱ_t and 1 - ᾱ_t are swapped: the noise term is sqrt(1 - ᾱ_t)·ε and you divide by "
+                    "sqrt(ᾱ_t)."),
                  lambda: (x_t - a.sqrt() * eps) / (1 - a).sqrt()),
             ]
 
         cases.append(Case(
             args=(x_t, eps, a),
             expected=pred_x0_from_eps(x_t, eps, t, SD_SCHEDULE),
-            where=f"for x_t of shape {shape}, {timesteps_text(t)}",
+            where=tr("for x_t of shape {shape}, {timesteps}", shape=shape, timesteps=timesteps_text(t)),
             mistakes=mistakes(),
         ))
     return grade(
         fn, cases, check_name="check_pred_x0", result_name="pred_x0",
-        success="x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t) matches course_lib.diffusion.pred_x0_from_eps "
-                "on 3 batches, with a different t per image.",
-        generic_hint="solve x_t = sqrt(ᾱ_t)·x0 + sqrt(1 - ᾱ_t)·ε for x0: "
-                     "x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t).",
-        shape_hint="pred_x0 has the shape of x_t; alpha_bar_t is already shaped (B, 1, 1, 1) to broadcast.",
+        success=tr("x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t) matches course_lib.diffusion.pred_x0_from_eps "
+                   "on 3 batches, with a different t per image."),
+        generic_hint=tr("solve x_t = sqrt(ᾱ_t)·x0 + sqrt(1 - ᾱ_t)·ε for x0: "
+                        "x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t)."),
+        shape_hint=tr("pred_x0 has the shape of x_t; alpha_bar_t is already shaped (B, 1, 1, 1) to broadcast."),
         exception_hint=hint_for_exception("(x_t, eps, alpha_bar_t)", "(x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t)"),
     )
 
@@ -102,44 +103,45 @@ def check_ddim_step(fn: Callable) -> bool:
             pred_x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
             alpha_t = a / p  # the one-step α_t between the two timesteps
             return [
-                ("alpha_bar_t and alpha_bar_prev are swapped: x̂0 uses ᾱ_t (the level x_t is at), the step "
-                 "then moves to ᾱ_prev.",
+                (tr("alpha_bar_t and alpha_bar_prev are swapped: x̂0 uses ᾱ_t (the level x_t is at), the step "
+                    "then moves to ᾱ_prev."),
                  lambda: a.sqrt() * (x_t - (1 - p).sqrt() * eps) / p.sqrt() + (1 - a).sqrt() * eps),
-                ("the 'direction pointing to x_t' goes to the new noise level: sqrt(1 - ᾱ_prev)·ε, "
-                 "not sqrt(1 - ᾱ_t)·ε.", lambda: p.sqrt() * pred_x0 + (1 - a).sqrt() * eps),
-                ("x̂0 is rescaled to the new noise level: sqrt(ᾱ_prev)·x̂0, not sqrt(ᾱ_t)·x̂0.",
+                (tr("the 'direction pointing to x_t' goes to the new noise level: sqrt(1 - ᾱ_prev)·ε, "
+                    "not sqrt(1 - ᾱ_t)·ε."), lambda: p.sqrt() * pred_x0 + (1 - a).sqrt() * eps),
+                (tr("x̂0 is rescaled to the new noise level: sqrt(ᾱ_prev)·x̂0, not sqrt(ᾱ_t)·x̂0."),
                  lambda: a.sqrt() * pred_x0 + (1 - p).sqrt() * eps),
-                ("you forgot the square roots: x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε.",
+                (tr("you forgot the square roots: x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε."),
                  lambda: p * pred_x0 + (1 - p) * eps),
-                ("you forgot the square roots (in x̂0 and in the step): every coefficient is a square root.",
+                (tr("you forgot the square roots (in x̂0 and in the step): every coefficient is a square root."),
                  lambda: p * (x_t - (1 - a) * eps) / a + (1 - p) * eps),
-                ("check the sign: x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε (plus).",
+                (tr("check the sign: x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε (plus)."),
                  lambda: p.sqrt() * pred_x0 - (1 - p).sqrt() * eps),
-                ("check the sign in x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t) (minus).",
+                (tr("check the sign in x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t) (minus)."),
                  lambda: p.sqrt() * (x_t + (1 - a).sqrt() * eps) / a.sqrt() + (1 - p).sqrt() * eps),
-                ("you dropped the 'direction pointing to x_t', sqrt(1 - ᾱ_prev)·ε: with η = 0 DDIM puts "
-                 "the predicted noise back at the new level.", lambda: p.sqrt() * pred_x0),
-                ("you returned x̂0; the step goes on to the next noise level: "
-                 "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε.",
+                (tr("you dropped the 'direction pointing to x_t', sqrt(1 - ᾱ_prev)·ε: with η = 0 DDIM puts "
+                    "the predicted noise back at the new level."), lambda: p.sqrt() * pred_x0),
+                (tr("you returned x̂0; the step goes on to the next noise level: "
+                    "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε."),
                  lambda: pred_x0),
-                ("that is DDPM's mean, with the one-step α_t = ᾱ_t / ᾱ_prev. DDIM uses ᾱ (alpha_bar) only: "
-                 "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε.",
+                (tr("that is DDPM's mean, with the one-step α_t = ᾱ_t / ᾱ_prev. DDIM uses ᾱ (alpha_bar) only: "
+                    "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε."),
                  lambda: (x_t - (1 - alpha_t) / (1 - a).sqrt() * eps) / alpha_t.sqrt()),
             ]
 
         cases.append(Case(
             args=(x_t, eps, a, p),
             expected=expected,
-            where=f"for x_t of shape {shape}, {timesteps_text(torch.tensor(timesteps))} ({steps} sampling steps)",
+            where=tr("for x_t of shape {shape}, {timesteps} ({steps} sampling steps)", shape=shape,
+                     timesteps=timesteps_text(torch.tensor(timesteps)), steps=steps),
             mistakes=mistakes(),
         ))
     return grade(
         fn, cases, check_name="check_ddim_step", result_name="x_prev",
-        success="x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε matches DDIMSampler(eta=0).step at 6 "
-                "timesteps, the last step included.",
-        generic_hint="x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t), then x_prev = sqrt(ᾱ_prev)·x̂0 + "
-                     "sqrt(1 - ᾱ_prev)·ε (DDIM eq. 12 with σ_t = 0).",
-        shape_hint="x_prev has the shape of x_t; alpha_bar_t and alpha_bar_prev are already (B, 1, 1, 1).",
+        success=tr("x_prev = sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε matches DDIMSampler(eta=0).step at 6 "
+                   "timesteps, the last step included."),
+        generic_hint=tr("x̂0 = (x_t - sqrt(1 - ᾱ_t)·ε) / sqrt(ᾱ_t), then x_prev = sqrt(ᾱ_prev)·x̂0 + "
+                        "sqrt(1 - ᾱ_prev)·ε (DDIM eq. 12 with σ_t = 0)."),
+        shape_hint=tr("x_prev has the shape of x_t; alpha_bar_t and alpha_bar_prev are already (B, 1, 1, 1)."),
         exception_hint=hint_for_exception("(x_t, eps, alpha_bar_t, alpha_bar_prev)",
                                            "sqrt(ᾱ_prev)·x̂0 + sqrt(1 - ᾱ_prev)·ε"),
     )
@@ -153,18 +155,18 @@ SAME_PICTURE = 0.5
 _SAMPLER_RUNS = {"noises": 8, "steps": 20, "fewer_steps": 5, "seed": 200}
 
 _WRONG_PREDICTION_HINTS = {
-    ("ddim", "same_with_another_generator"):
+    ("ddim", "same_with_another_generator"): translatable(
         "with η = 0, DDIM's σ_t is 0: the step adds no fresh noise and never uses the generator, so the "
-        "picture is a function of x_T alone.",
-    ("ddim", "same_with_fewer_steps"):
+        "picture is a function of x_T alone."),
+    ("ddim", "same_with_fewer_steps"): translatable(
         "with η = 0, DDIM follows one deterministic path from x_T (the discretisation of an ODE); fewer "
-        "steps follow the same path more coarsely and land close to the same picture.",
-    ("ddpm", "same_with_another_generator"):
+        "steps follow the same path more coarsely and land close to the same picture."),
+    ("ddpm", "same_with_another_generator"): translatable(
         "DDPM adds fresh noise σ_t·z at every step: another generator draws other z's, and the path, "
-        "and the picture, change.",
-    ("ddpm", "same_with_fewer_steps"):
+        "and the picture, change."),
+    ("ddpm", "same_with_fewer_steps"): translatable(
         "with 5 steps DDPM draws 5 noises instead of 20 and takes other steps: the paths part at the "
-        "first step, and the fresh noise decides much of the picture.",
+        "first step, and the fresh noise decides much of the picture."),
 }
 
 
@@ -218,7 +220,7 @@ def check_sampler_prediction(fn: Callable) -> bool:
     :return: True if every prediction agrees with the measurement
     """
     predictions = collect_predictions(fn, "check_sampler_prediction", "sampler", ("ddim", "ddpm"),
-                                      SAMPLER_PREDICTION_KEYS, lambda value: isinstance(value, bool), "True or False")
+                                      SAMPLER_PREDICTION_KEYS, lambda value: isinstance(value, bool), tr("True or False"))
     if predictions is None:
         return False
     measured = sampler_facts()
@@ -226,11 +228,14 @@ def check_sampler_prediction(fn: Callable) -> bool:
         for key in SAMPLER_PREDICTION_KEYS:
             if got[key] != measured[name][key]:
                 ratio = measured[name]["another_generator_ratio" if "generator" in key else "fewer_steps_ratio"]
-                return not_yet(f"for {name} you predicted {key} = {got[key]}; the run measures {measured[name][key]} "
-                               f"(distance to the first run: {ratio:.2f} of the distance between unrelated samples).",
-                               _WRONG_PREDICTION_HINTS[name, key])
-    return correct(f"DDIM with η = 0 gives the same pictures with another generator (distance "
-                   f"{measured['ddim']['another_generator_ratio']:.2f}) and nearly the same with 5 steps instead of 20 "
-                   f"({measured['ddim']['fewer_steps_ratio']:.2f}); DDPM gives other pictures either way "
-                   f"({measured['ddpm']['another_generator_ratio']:.1f} and {measured['ddpm']['fewer_steps_ratio']:.1f}), "
-                   f"in units of the distance between two unrelated samples.")
+                return not_yet(tr("for {name} you predicted {key} = {predicted}; the run measures {measured} "
+                                  "(distance to the first run: {ratio:.2f} of the distance between unrelated samples).",
+                                  name=name, key=key, predicted=got[key], measured=measured[name][key], ratio=ratio),
+                               tr(_WRONG_PREDICTION_HINTS[name, key]))
+    return correct(tr("DDIM with η = 0 gives the same pictures with another generator (distance {ddim_generator:.2f}) "
+                      "and nearly the same with 5 steps instead of 20 ({ddim_steps:.2f}); DDPM gives other pictures "
+                      "either way ({ddpm_generator:.1f} and {ddpm_steps:.1f}), in units of the distance between two "
+                      "unrelated samples.", ddim_generator=measured["ddim"]["another_generator_ratio"],
+                      ddim_steps=measured["ddim"]["fewer_steps_ratio"],
+                      ddpm_generator=measured["ddpm"]["another_generator_ratio"],
+                      ddpm_steps=measured["ddpm"]["fewer_steps_ratio"]))
