@@ -7,12 +7,13 @@ from typing import Callable
 import torch
 
 from .. import mixture
+from ..i18n import tr
 from ..guidance import cfg_denoiser, classifier_guided_denoiser
 from ..sample_stats import Grid2D, total_variation, total_variation_noise_floor
 from ..samplers import DDIMSampler, sample_loop
 from ..schedules import make_schedule
-from .grading import (Case, call_learner, close, correct, grade, hint_for_exception, is_function, not_yet,
-                      wrong_value)
+from .grading import (Case, call_learner, collect_predictions, correct, grade, hint_for_exception, is_function,
+                      not_yet, wrong_value)
 
 __all__ = ["check_noised_component", "check_tweedie", "check_guidance_prediction"]
 
@@ -29,10 +30,10 @@ def _noised_component_cases() -> list[tuple[torch.Tensor, torch.Tensor, int, str
     generator = torch.Generator().manual_seed(300)
     square = torch.randn(3, 3, generator=generator, dtype=torch.float64)
     return [
-        (DATA.means[1], DATA.covariances[1], 100, "for the outer component of class 0 at t = 100"),
-        (DATA.means[2], DATA.covariances[2], 600, "for the inner component of class 1 at t = 600"),
+        (DATA.means[1], DATA.covariances[1], 100, tr("for the outer component of class 0 at t = 100")),
+        (DATA.means[2], DATA.covariances[2], 600, tr("for the inner component of class 1 at t = 600")),
         (torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64), square @ square.T + 0.1 * torch.eye(3, dtype=torch.float64),
-         900, "for a 3-D Gaussian at t = 900"),
+         900, tr("for a 3-D Gaussian at t = 900")),
     ]
 
 
@@ -47,7 +48,7 @@ def check_noised_component(fn: Callable) -> bool:
     if not is_function(fn, "check_noised_component"):
         return False
     exception_hint = hint_for_exception("(mean, covariance, alpha_bar)",
-                                        "(sqrt(ᾱ)·mean, ᾱ·covariance + (1 - ᾱ)·I) with torch.eye(D)", broadcast=False)
+                                        tr("(sqrt(ᾱ)·mean, ᾱ·covariance + (1 - ᾱ)·I) with torch.eye(D)"), broadcast=False)
     for mean, covariance, t, where in _noised_component_cases():
         a = SCHEDULE.alphas_cumprod[t].double()
         means, covariances = mixture.noised_components(_one_component(mean, covariance), a)
@@ -56,24 +57,25 @@ def check_noised_component(fn: Callable) -> bool:
         if not ok:
             return False
         if not isinstance(got, (tuple, list)) or len(got) != 2:
-            received = "None" if got is None else f"a {type(got).__name__}"
-            return not_yet(f"your function returned {received}, expected the pair (mean_t, covariance_t).",
-                           "end with `return mean_t, covariance_t`.")
+            received = "None" if got is None else tr("a {type_name}", type_name=type(got).__name__)
+            return not_yet(tr("your function returned {received}, expected the pair {pair}.", received=received,
+                              pair="(mean_t, covariance_t)"),
+                           tr("end with `return mean_t, covariance_t`."))
         identity = torch.eye(len(mean), dtype=torch.float64)
         mean_mistakes = [
-            ("the mean is scaled by sqrt(ᾱ_t), not ᾱ_t: x_t = sqrt(ᾱ_t)·x_0 + ...", lambda: a * mean),
-            ("the mean is scaled: E[x_t] = sqrt(ᾱ_t)·E[x_0] (the noise has mean 0).", lambda: mean),
+            (tr("the mean is scaled by sqrt(ᾱ_t), not ᾱ_t: x_t = sqrt(ᾱ_t)·x_0 + ..."), lambda: a * mean),
+            (tr("the mean is scaled: E[x_t] = sqrt(ᾱ_t)·E[x_0] (the noise has mean 0)."), lambda: mean),
         ]
         covariance_mistakes = [
-            ("the noise adds (1 - ᾱ_t)·I: the noise is independent of x_0, so the covariances add.",
+            (tr("the noise adds (1 - ᾱ_t)·I: the noise is independent of x_0, so the covariances add."),
              lambda: a * covariance),
-            ("scaling x_0 by sqrt(ᾱ_t) scales its covariance by ᾱ_t (the square), not sqrt(ᾱ_t).",
+            (tr("scaling x_0 by sqrt(ᾱ_t) scales its covariance by ᾱ_t (the square), not sqrt(ᾱ_t)."),
              lambda: a.sqrt() * covariance + (1 - a) * identity),
-            ("the noise covariance is (1 - ᾱ_t)·I, the identity matrix, not a matrix of ones: use torch.eye(D).",
+            (tr("the noise covariance is (1 - ᾱ_t)·I, the identity matrix, not a matrix of ones: use torch.eye(D)."),
              lambda: a * covariance + (1 - a)),
-            ("ᾱ_t and 1 - ᾱ_t are swapped: the data keeps ᾱ_t·Σ, the noise adds (1 - ᾱ_t)·I.",
+            (tr("ᾱ_t and 1 - ᾱ_t are swapped: the data keeps ᾱ_t·Σ, the noise adds (1 - ᾱ_t)·I."),
              lambda: (1 - a) * covariance + a * identity),
-            ("the noise's standard deviation is sqrt(1 - ᾱ_t), its covariance (1 - ᾱ_t)·I.",
+            (tr("the noise's standard deviation is sqrt(1 - ᾱ_t), its covariance (1 - ᾱ_t)·I."),
              lambda: a * covariance + (1 - a).sqrt() * identity),
         ]
         for name, received, wanted, mistakes, formula in (
@@ -81,12 +83,13 @@ def check_noised_component(fn: Callable) -> bool:
                 ("covariance_t", got[1], expected[1], covariance_mistakes,
                  "covariance_t = ᾱ_t·covariance + (1 - ᾱ_t)·I")):
             lines = wrong_value(received, Case((), wanted, where, mistakes), name, formula,
-                                f"{name} has the shape of the input's {name[:-2]}: {tuple(wanted.shape)}.")
+                                tr("{name} has the shape of the input's {input_name}: {shape}.", name=name,
+                                   input_name=name[:-2], shape=tuple(wanted.shape)))
             if lines:
                 print("\n".join(lines))
                 return False
-    return correct("N(sqrt(ᾱ_t)·μ, ᾱ_t·Σ + (1 - ᾱ_t)·I) matches course_lib.mixture.noised_components "
-                   "for 3 Gaussians (2-D and 3-D), t = 100, 600, 900.")
+    return correct(tr("N(sqrt(ᾱ_t)·μ, ᾱ_t·Σ + (1 - ᾱ_t)·I) matches course_lib.mixture.noised_components "
+                      "for 3 Gaussians (2-D and 3-D), t = 100, 600, 900."))
 
 
 def check_tweedie(fn: Callable) -> bool:
@@ -110,23 +113,24 @@ def check_tweedie(fn: Callable) -> bool:
 
         def mistakes(x_t=x_t, s=score, a=a):
             return [
-                ("check the sign: the score points toward the data, so x_t + (1 - ᾱ_t)·score.",
+                (tr("check the sign: the score points toward the data, so x_t + (1 - ᾱ_t)·score."),
                  lambda: (x_t - (1 - a) * s) / a.sqrt()),
-                ("the score is multiplied by the variance 1 - ᾱ_t, not by its square root.",
+                (tr("the score is multiplied by the variance 1 - ᾱ_t, not by its square root."),
                  lambda: (x_t + (1 - a).sqrt() * s) / a.sqrt()),
-                ("divide by sqrt(ᾱ_t): x_t is sqrt(ᾱ_t)·x_0 + noise.", lambda: x_t + (1 - a) * s),
-                ("divide by sqrt(ᾱ_t), not by ᾱ_t.", lambda: (x_t + (1 - a) * s) / a),
-                ("the score needs the factor 1 - ᾱ_t (the variance of the noise).", lambda: (x_t + s) / a.sqrt()),
+                (tr("divide by sqrt(ᾱ_t): x_t is sqrt(ᾱ_t)·x_0 + noise."), lambda: x_t + (1 - a) * s),
+                (tr("divide by sqrt(ᾱ_t), not by ᾱ_t."), lambda: (x_t + (1 - a) * s) / a),
+                (tr("the score needs the factor 1 - ᾱ_t (the variance of the noise)."), lambda: (x_t + s) / a.sqrt()),
             ]
 
         cases.append(Case(args=(x_t, score, a), expected=mixture.posterior_mean(DATA, x_t, a),
-                          where=f"for {count} point(s) at t = {timesteps}", mistakes=mistakes()))
+                          where=tr("for {count} point(s) at t = {timesteps}", count=count, timesteps=timesteps),
+                          mistakes=mistakes()))
     return grade(
-        fn, cases, check_name="check_tweedie", result_name="the posterior mean",
-        success="(x_t + (1 - ᾱ_t)·score) / sqrt(ᾱ_t) equals E[x_0 | x_t] computed by conditioning each "
-                "Gaussian component (course_lib.mixture.posterior_mean) on 3 batches, t from 20 to 999.",
-        generic_hint="E[x_0 | x_t] = (x_t + (1 - ᾱ_t)·score) / sqrt(ᾱ_t).",
-        shape_hint="the posterior mean has the shape of x_t, (B, D); alpha_bar is (B, 1) and broadcasts.",
+        fn, cases, check_name="check_tweedie", result_name=tr("the posterior mean"),
+        success=tr("(x_t + (1 - ᾱ_t)·score) / sqrt(ᾱ_t) equals E[x_0 | x_t] computed by conditioning each "
+                   "Gaussian component (course_lib.mixture.posterior_mean) on 3 batches, t from 20 to 999."),
+        generic_hint=tr("E[x_0 | x_t] = (x_t + (1 - ᾱ_t)·score) / sqrt(ᾱ_t)."),
+        shape_hint=tr("the posterior mean has the shape of x_t, (B, D); alpha_bar is (B, 1) and broadcasts."),
         exception_hint=hint_for_exception("(x_t, score, alpha_bar)", "(x_t + (1 - ᾱ_t)·score) / sqrt(ᾱ_t)",
                                           broadcast=False),
     )
@@ -174,36 +178,26 @@ def check_guidance_prediction(fn: Callable) -> bool:
     :param fn: the learner's function of one number λ
     :return: True if every prediction agrees with the measurement
     """
-    if not is_function(fn, "check_guidance_prediction"):
+    predictions = collect_predictions(fn, "check_guidance_prediction", "scale", _SCALES, _KEYS,
+                                      lambda value: isinstance(value, bool), tr("True or False"))
+    if predictions is None:
         return False
-    exception_hint = hint_for_exception("(scale)", 'a dict {"classifier_guidance_equals_cfg": True or False, '
-                                                   '"samples_follow_p_lambda": True or False}', broadcast=False)
-    predictions = {}
-    for scale in _SCALES:
-        ok, got = call_learner(fn, (scale,), exception_hint)
-        if not ok:
-            return False
-        if got is None:
-            return not_yet(f"your function returned None for scale = {scale}.",
-                           f"return a dict with the keys {_KEYS[0]!r} and {_KEYS[1]!r}.")
-        if not isinstance(got, dict) or set(got) != set(_KEYS) or not all(isinstance(v, bool) for v in got.values()):
-            return not_yet(f"for scale = {scale} your function returned {got!r}.",
-                           f"return a dict with exactly the keys {_KEYS[0]!r} and {_KEYS[1]!r}, each True or False.")
-        predictions[scale] = got
     measured = _guidance_experiment()
     for scale in _SCALES:
         if predictions[scale][_KEYS[0]] != measured[scale][_KEYS[0]]:
             return not_yet(
-                f"at λ = {scale:g} you predicted classifier_guidance_equals_cfg = {predictions[scale][_KEYS[0]]}; "
-                f"the exact samplers measure {measured[scale][_KEYS[0]]}.",
-                "write both guided scores: s(x) + λ·(s(x | y) - s(x)) and λ·s(x | y) + (1 - λ)·s(x) (notes, eq. 5 "
-                "and 8). With exact scores, is ∇log p(y | x) anything other than s(x | y) - s(x)?")
+                tr("at λ = {scale:g} you predicted classifier_guidance_equals_cfg = {predicted}; the exact samplers "
+                   "measure {measured}.", scale=scale, predicted=predictions[scale][_KEYS[0]],
+                   measured=measured[scale][_KEYS[0]]),
+                tr("write both guided scores: s(x) + λ·(s(x | y) - s(x)) and λ·s(x | y) + (1 - λ)·s(x) (notes, eq. 5 "
+                   "and 8). With exact scores, is ∇log p(y | x) anything other than s(x | y) - s(x)?"))
         if predictions[scale][_KEYS[1]] != measured[scale][_KEYS[1]]:
             return not_yet(
-                f"at λ = {scale:g} you predicted samples_follow_p_lambda = {predictions[scale][_KEYS[1]]}; the "
-                f"measurement says {measured[scale][_KEYS[1]]} (total variation to p_λ against the noise floor).",
-                "at λ = 0 and 1, p_λ is p(x) or p(x | y), and the forward process noises them into p_t(x) and "
-                "p_t(x | y): the guided score is an exact score. For other λ, is p_t(x)·p_t(y | x)^λ the noised "
-                "p_0(x)·p_0(y | x)^λ?")
-    return correct("with exact scores, classifier guidance and CFG are one sampler at every λ (eq. 5 = eq. 8), "
-                   "and the guided samples follow p_λ at λ = 0 and 1 only.")
+                tr("at λ = {scale:g} you predicted samples_follow_p_lambda = {predicted}; the measurement says "
+                   "{measured} (total variation to p_λ against the noise floor).", scale=scale,
+                   predicted=predictions[scale][_KEYS[1]], measured=measured[scale][_KEYS[1]]),
+                tr("at λ = 0 and 1, p_λ is p(x) or p(x | y), and the forward process noises them into p_t(x) and "
+                   "p_t(x | y): the guided score is an exact score. For other λ, is p_t(x)·p_t(y | x)^λ the noised "
+                   "p_0(x)·p_0(y | x)^λ?"))
+    return correct(tr("with exact scores, classifier guidance and CFG are one sampler at every λ (eq. 5 = eq. 8), "
+                      "and the guided samples follow p_λ at λ = 0 and 1 only."))
