@@ -9,6 +9,7 @@ import torch
 
 from ..diffusion import score_from_eps
 from ..guidance import classifier_guided_eps, classifier_log_prob_grad
+from ..i18n import tr
 from ..samplers import DDPMSampler
 from .lesson02 import SD_SCHEDULE
 from .grading import Case, grade, hint_for_exception, per_item, seeded, timesteps_text
@@ -64,32 +65,33 @@ def check_classifier_guided_eps(fn: Callable) -> bool:
 
         def mistakes(eps=eps, grad=grad, a=a, s=scale):
             return [
-                ("check the sign: the score is -ε / sqrt(1 - ᾱ_t), so adding λ·∇log p(y|x_t) to the score "
-                 "subtracts sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) from ε.", lambda: eps + (1 - a).sqrt() * s * grad),
-                ("you forgot the square root: the factor is sqrt(1 - ᾱ_t), the noise level of x_t.",
+                (tr("check the sign: the score is -ε / sqrt(1 - ᾱ_t), so adding λ·∇log p(y|x_t) to the score "
+                    "subtracts sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) from ε."), lambda: eps + (1 - a).sqrt() * s * grad),
+                (tr("you forgot the square root: the factor is sqrt(1 - ᾱ_t), the noise level of x_t."),
                  lambda: eps - (1 - a) * s * grad),
-                ("the factor is sqrt(1 - ᾱ_t), not sqrt(ᾱ_t): it converts a score into ε "
-                 "(ε = -sqrt(1 - ᾱ_t)·score).", lambda: eps - a.sqrt() * s * grad),
-                ("multiply the gradient by sqrt(1 - ᾱ_t) to turn it from a score into ε units.",
+                (tr("the factor is sqrt(1 - ᾱ_t), not sqrt(ᾱ_t): it converts a score into ε "
+                    "(ε = -sqrt(1 - ᾱ_t)·score)."), lambda: eps - a.sqrt() * s * grad),
+                (tr("multiply the gradient by sqrt(1 - ᾱ_t) to turn it from a score into ε units."),
                  lambda: eps - s * grad),
-                ("multiply by sqrt(1 - ᾱ_t), do not divide: ε = -sqrt(1 - ᾱ_t)·score.",
+                (tr("multiply by sqrt(1 - ᾱ_t), do not divide: ε = -sqrt(1 - ᾱ_t)·score."),
                  lambda: eps - s * grad / (1 - a).sqrt()),
-                ("you forgot the guidance scale λ (scale) on the classifier term.",
+                (tr("you forgot the guidance scale λ (scale) on the classifier term."),
                  lambda: eps - (1 - a).sqrt() * grad),
             ]
 
         cases.append(Case(
             args=(eps, grad, a, scale),
             expected=classifier_guided_eps(eps, x_t, t, y, classifier, scale, alpha_bar),
-            where=f"for eps of shape {shape}, {timesteps_text(t)}, scale = {scale}",
+            where=tr("for eps of shape {shape}, {timesteps}, scale = {scale}", shape=shape,
+                     timesteps=timesteps_text(t), scale=scale),
             mistakes=mistakes(),
         ))
     return grade(
         fn, cases, check_name="check_classifier_guided_eps", result_name="eps_hat",
-        success="ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) matches course_lib.guidance.classifier_guided_eps "
-                "on 3 batches, scales 0.5 to 3.5.",
-        generic_hint="ε̂ = ε - sqrt(1 - ᾱ_t)·scale·grad_log_prob (the score is -ε / sqrt(1 - ᾱ_t)).",
-        shape_hint="eps_hat has the shape of eps; alpha_bar_t is already (B, 1, 1, 1).",
+        success=tr("ε̂ = ε - sqrt(1 - ᾱ_t)·λ·∇log p(y|x_t) matches course_lib.guidance.classifier_guided_eps "
+                   "on 3 batches, scales 0.5 to 3.5."),
+        generic_hint=tr("ε̂ = ε - sqrt(1 - ᾱ_t)·scale·grad_log_prob (the score is -ε / sqrt(1 - ᾱ_t))."),
+        shape_hint=tr("eps_hat has the shape of eps; alpha_bar_t is already (B, 1, 1, 1)."),
         exception_hint=hint_for_exception("(eps, grad_log_prob, alpha_bar_t, scale)",
                                            "ε - sqrt(1 - ᾱ_t)·scale·grad_log_prob"),
     )
@@ -115,30 +117,30 @@ def check_bayes_score(fn: Callable) -> bool:
 
         def mistakes(score=score, grad=grad, s=scale):
             return [
-                ("check the sign: Bayes' rule adds the log-probabilities, log p(x_t|y) = log p(x_t) + "
-                 "log p(y|x_t) - log p(y), so the gradients add.", lambda: score - s * grad),
-                ("you forgot the weight λ (scale) on the classifier gradient.", lambda: score + grad),
-                ("λ weighs only the classifier gradient, not the unconditional score: "
-                 "score_uncond + scale·grad.", lambda: s * (score + grad)),
-                ("λ multiplies the classifier gradient, not the unconditional score.",
+                (tr("check the sign: Bayes' rule adds the log-probabilities, log p(x_t|y) = log p(x_t) + "
+                    "log p(y|x_t) - log p(y), so the gradients add."), lambda: score - s * grad),
+                (tr("you forgot the weight λ (scale) on the classifier gradient."), lambda: score + grad),
+                (tr("λ weighs only the classifier gradient, not the unconditional score: "
+                    "score_uncond + scale·grad."), lambda: s * (score + grad)),
+                (tr("λ multiplies the classifier gradient, not the unconditional score."),
                  lambda: s * score + grad),
-                ("that is the mix of classifier-free guidance (eq. 8). Here λ only weighs the classifier "
-                 "gradient (eq. 5): score_uncond + scale·grad.", lambda: (1 - s) * score + s * grad),
+                (tr("that is the mix of classifier-free guidance (eq. 8). Here λ only weighs the classifier "
+                    "gradient (eq. 5): score_uncond + scale·grad."), lambda: (1 - s) * score + s * grad),
             ]
 
         cases.append(Case(
             args=(score, grad, scale),
             expected=expected,
-            where=f"for scores of shape {shape}, scale = {scale}",
+            where=tr("for scores of shape {shape}, scale = {scale}", shape=shape, scale=scale),
             mistakes=mistakes(),
         ))
     return grade(
-        fn, cases, check_name="check_bayes_score", result_name="the conditional score",
-        success="∇log p(x_t|y) = ∇log p(x_t) + λ·∇log p(y|x_t) (notes, eq. 5) matches course_lib's "
-                "classifier guidance on 3 batches, scales 0.5 to 3.5.",
-        generic_hint="by Bayes' rule the gradients add, with the weight λ on the classifier term: "
-                     "score_uncond + scale·grad_log_p_y_given_x.",
-        shape_hint="the conditional score has the shape of score_uncond.",
+        fn, cases, check_name="check_bayes_score", result_name=tr("the conditional score"),
+        success=tr("∇log p(x_t|y) = ∇log p(x_t) + λ·∇log p(y|x_t) (notes, eq. 5) matches course_lib's "
+                   "classifier guidance on 3 batches, scales 0.5 to 3.5."),
+        generic_hint=tr("by Bayes' rule the gradients add, with the weight λ on the classifier term: "
+                        "score_uncond + scale·grad_log_p_y_given_x."),
+        shape_hint=tr("the conditional score has the shape of score_uncond."),
         exception_hint=hint_for_exception("(score_uncond, grad_log_p_y_given_x, scale)",
                                            "score_uncond + scale·grad_log_p_y_given_x"),
     )
@@ -187,34 +189,35 @@ def check_eps_form_mean_shift(fn: Callable) -> bool:
             beta = 1 - alpha
             posterior_variance = (1 - p) / (1 - a) * beta  # β̃_t, the variance Σ of DDPM's step
             return [
-                ("that is Algorithm 1's shift λ·Σ·∇log p(y|x_t) with Σ = β̃_t, the variance of DDPM's step. The "
-                 "ε-form moves the mean by another amount: put ε̂ into μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) "
-                 "and subtract μ.", lambda: s * posterior_variance * grad),
-                ("that is λ·β_t·∇log p(y|x_t): DDPM's mean also divides by sqrt(α_t), "
-                 "μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t).", lambda: s * beta * grad),
-                ("β_t and α_t here are the one-step values between the two timesteps of the grid, "
-                 "α_t = ᾱ_t / ᾱ_prev and β_t = 1 - α_t, not ᾱ_t and 1 - ᾱ_t.",
+                (tr("that is Algorithm 1's shift λ·Σ·∇log p(y|x_t) with Σ = β̃_t, the variance of DDPM's step. The "
+                    "ε-form moves the mean by another amount: put ε̂ into μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) "
+                    "and subtract μ."), lambda: s * posterior_variance * grad),
+                (tr("that is λ·β_t·∇log p(y|x_t): DDPM's mean also divides by sqrt(α_t), "
+                    "μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t)."), lambda: s * beta * grad),
+                (tr("β_t and α_t here are the one-step values between the two timesteps of the grid, "
+                    "α_t = ᾱ_t / ᾱ_prev and β_t = 1 - α_t, not ᾱ_t and 1 - ᾱ_t."),
                  lambda: s * (1 - a) / a.sqrt() * grad),
-                ("check the sign: ε̂ subtracts the gradient and μ subtracts ε, so the mean moves along "
-                 "+∇log p(y|x_t), toward the class.", lambda: -s * beta / alpha.sqrt() * grad),
-                ("that is how much ε changes, ε̂ - ε. The mean changes by -β_t / (sqrt(α_t)·sqrt(1 - ᾱ_t)) "
-                 "times that.", lambda: -(1 - a).sqrt() * s * grad),
-                ("you forgot the guidance scale λ (scale).", lambda: beta / alpha.sqrt() * grad),
+                (tr("check the sign: ε̂ subtracts the gradient and μ subtracts ε, so the mean moves along "
+                    "+∇log p(y|x_t), toward the class."), lambda: -s * beta / alpha.sqrt() * grad),
+                (tr("that is how much ε changes, ε̂ - ε. The mean changes by -β_t / (sqrt(α_t)·sqrt(1 - ᾱ_t)) "
+                    "times that."), lambda: -(1 - a).sqrt() * s * grad),
+                (tr("you forgot the guidance scale λ (scale)."), lambda: beta / alpha.sqrt() * grad),
             ]
 
         cases.append(Case(
             args=(grad.float(), scale, a.float(), p.float()),
             expected=expected,
-            where=f"for a gradient of shape {shape}, {timesteps_text(t)} ({steps} DDPM steps), scale = {scale}",
+            where=tr("for a gradient of shape {shape}, {timesteps} ({steps} DDPM steps), scale = {scale}",
+                     shape=shape, timesteps=timesteps_text(t), steps=steps, scale=scale),
             mistakes=mistakes(),
         ))
     return grade(
-        fn, cases, check_name="check_eps_form_mean_shift", result_name="the shift of the mean",
-        success="μ(ε̂) - μ(ε) = β_t / sqrt(α_t)·λ·∇log p(y|x_t) matches DDPMSampler.step at 6 timesteps, the last "
-                "step included: the ε-form shifts DDPM's mean by β_t / sqrt(α_t), Algorithm 1 by β̃_t.",
-        generic_hint="DDPM's mean is μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) with α_t = ᾱ_t / ᾱ_prev and "
-                     "β_t = 1 - α_t; replace ε by ε̂ = ε - sqrt(1 - ᾱ_t)·λ·grad and subtract.",
-        shape_hint="the shift has the shape of grad_log_prob; alpha_bar_t and alpha_bar_prev are (B, 1, 1, 1).",
+        fn, cases, check_name="check_eps_form_mean_shift", result_name=tr("the shift of the mean"),
+        success=tr("μ(ε̂) - μ(ε) = β_t / sqrt(α_t)·λ·∇log p(y|x_t) matches DDPMSampler.step at 6 timesteps, the last "
+                   "step included: the ε-form shifts DDPM's mean by β_t / sqrt(α_t), Algorithm 1 by β̃_t."),
+        generic_hint=tr("DDPM's mean is μ = (x_t - β_t / sqrt(1 - ᾱ_t)·ε) / sqrt(α_t) with α_t = ᾱ_t / ᾱ_prev and "
+                        "β_t = 1 - α_t; replace ε by ε̂ = ε - sqrt(1 - ᾱ_t)·λ·grad and subtract."),
+        shape_hint=tr("the shift has the shape of grad_log_prob; alpha_bar_t and alpha_bar_prev are (B, 1, 1, 1)."),
         exception_hint=hint_for_exception("(grad_log_prob, scale, alpha_bar_t, alpha_bar_prev)",
                                           "β_t / sqrt(α_t)·scale·grad_log_prob"),
     )
