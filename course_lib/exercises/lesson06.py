@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from ..datasets import shapes_tensors
+from ..i18n import tr, translatable
 from ..losses import vae_loss
 from ..metrics import psnr
 from ..nn.vae import DiagonalGaussianDistribution
@@ -33,7 +34,7 @@ def _posterior_inputs(shape: tuple, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _shape_text(shape: tuple) -> str:
-    return f"for mean and logvar of shape {shape}"
+    return tr("for mean and logvar of shape {shape}", shape=shape)
 
 
 def check_kl_diagonal_gaussian(fn: Callable) -> bool:
@@ -54,44 +55,44 @@ def check_kl_diagonal_gaussian(fn: Callable) -> bool:
             var = lv.exp()
             dims = [1, 2, 3]
             terms = m.pow(2) + var - 1 - lv  # (B, C, H, W), twice the KL of each coordinate
-            one_number = ("you returned one number for the whole batch; the KL is one number per image: "
-                          "sum over dims [1, 2, 3] only, giving shape (B,).")
+            one_number = tr("you returned one number for the whole batch; the KL is one number per image: "
+                            "sum over dims [1, 2, 3] only, giving shape (B,).")
             return [
-                ("you forgot the 1/2: KL = 1/2 Σ (μ² + σ² - 1 - log σ²).", lambda: terms.sum(dims)),
-                ("you took the mean over C, H, W; the KL of independent coordinates adds up: "
-                 ".sum(dim=[1, 2, 3]), not .mean(...).", lambda: 0.5 * terms.mean(dims)),
+                (tr("you forgot the 1/2: KL = 1/2 Σ (μ² + σ² - 1 - log σ²)."), lambda: terms.sum(dims)),
+                (tr("you took the mean over C, H, W; the KL of independent coordinates adds up: "
+                    ".sum(dim=[1, 2, 3]), not .mean(...)."), lambda: 0.5 * terms.mean(dims)),
                 (one_number, lambda: 0.5 * terms.sum()),
                 (one_number, lambda: 0.5 * terms.sum(dims).mean()),
-                ("keep one number per image, shape (B,): sum over dims [1, 2, 3] without keepdim=True.",
+                (tr("keep one number per image, shape (B,): sum over dims [1, 2, 3] without keepdim=True."),
                  lambda: 0.5 * terms.sum(dims, keepdim=True)),
-                ("you used σ where σ² belongs: the second term is the variance σ² = exp(logvar), "
-                 "not σ = exp(logvar / 2).", lambda: 0.5 * (m.pow(2) + (0.5 * lv).exp() - 1 - lv).sum(dims)),
-                ("the last term is log σ² = logvar itself; you used log σ = logvar / 2.",
+                (tr("you used σ where σ² belongs: the second term is the variance σ² = exp(logvar), "
+                    "not σ = exp(logvar / 2)."), lambda: 0.5 * (m.pow(2) + (0.5 * lv).exp() - 1 - lv).sum(dims)),
+                (tr("the last term is log σ² = logvar itself; you used log σ = logvar / 2."),
                  lambda: 0.5 * (m.pow(2) + var - 1 - 0.5 * lv).sum(dims)),
-                ("logvar is log σ² (the log-variance), not log σ: σ² = exp(logvar) and log σ² = logvar.",
+                (tr("logvar is log σ² (the log-variance), not log σ: σ² = exp(logvar) and log σ² = logvar."),
                  lambda: 0.5 * (m.pow(2) + (2 * lv).exp() - 1 - 2 * lv).sum(dims)),
-                ("check the sign: a KL divergence is never negative, KL = +1/2 Σ (μ² + σ² - 1 - log σ²).",
+                (tr("check the sign: a KL divergence is never negative, KL = +1/2 Σ (μ² + σ² - 1 - log σ²)."),
                  lambda: -0.5 * terms.sum(dims)),
-                ("check the sign of the log term: it is - log σ² (the entropy of q lowers the KL).",
+                (tr("check the sign of the log term: it is - log σ² (the entropy of q lowers the KL)."),
                  lambda: 0.5 * (m.pow(2) + var - 1 + lv).sum(dims)),
-                ("you forgot the - 1 in each coordinate: KL = 1/2 Σ (μ² + σ² - 1 - log σ²), which is 0 "
-                 "when μ = 0 and σ = 1.", lambda: 0.5 * (m.pow(2) + var - lv).sum(dims)),
-                ("you forgot μ²: a posterior whose mean is far from 0 costs 1/2 μ² per coordinate.",
+                (tr("you forgot the - 1 in each coordinate: KL = 1/2 Σ (μ² + σ² - 1 - log σ²), which is 0 "
+                    "when μ = 0 and σ = 1."), lambda: 0.5 * (m.pow(2) + var - lv).sum(dims)),
+                (tr("you forgot μ²: a posterior whose mean is far from 0 costs 1/2 μ² per coordinate."),
                  lambda: 0.5 * (var - 1 - lv).sum(dims)),
-                ("that is the KL the other way round, KL(N(0, I) || q); the VAE's term is KL(q || N(0, I)) "
-                 "= 1/2 Σ (μ² + σ² - 1 - log σ²).",
+                (tr("that is the KL the other way round, KL(N(0, I) || q); the VAE's term is KL(q || N(0, I)) "
+                    "= 1/2 Σ (μ² + σ² - 1 - log σ²)."),
                  lambda: 0.5 * ((1 + m.pow(2)) / var - 1 + lv).sum(dims)),
             ]
 
         cases.append(Case(args=(mean, logvar), expected=expected, where=_shape_text(shape), mistakes=mistakes()))
 
     return grade(
-        fn, cases, check_name="check_kl_diagonal_gaussian", result_name="the KL",
-        success="KL = 1/2 Σ_{c,h,w} (μ² + σ² - 1 - log σ²), one number per image, matches "
-                "DiagonalGaussianDistribution.kl() on 3 batches.",
-        generic_hint="σ² = exp(logvar) (logvar may be negative: never take its log or square root), and "
-                     "KL = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=[1, 2, 3]).",
-        shape_hint="the KL is one number per image, shape (B,): sum over dims [1, 2, 3].",
+        fn, cases, check_name="check_kl_diagonal_gaussian", result_name=tr("the KL"),
+        success=tr("KL = 1/2 Σ_{c,h,w} (μ² + σ² - 1 - log σ²), one number per image, matches "
+                   "DiagonalGaussianDistribution.kl() on 3 batches."),
+        generic_hint=tr("σ² = exp(logvar) (logvar may be negative: never take its log or square root), and "
+                        "KL = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=[1, 2, 3])."),
+        shape_hint=tr("the KL is one number per image, shape (B,): sum over dims [1, 2, 3]."),
         exception_hint=hint_for_exception("(mean, logvar)", "0.5 * (mean**2 + logvar.exp() - 1 - logvar)",
                                            broadcast=False),
     )
@@ -118,18 +119,18 @@ def check_reparameterise(fn: Callable) -> bool:
         def mistakes(m=mean, lv=logvar, e=eps):
             std = (0.5 * lv).exp()
             return [
-                ("logvar is log σ², not σ: the noise is scaled by σ = exp(logvar / 2), "
-                 "z = mean + exp(0.5 * logvar) * eps.", lambda: m + lv * e),
-                ("exp(logvar) is the variance σ²; the noise is scaled by the standard deviation "
-                 "σ = exp(logvar / 2).", lambda: m + lv.exp() * e),
-                ("check the sign: z = μ + σ·ε. (μ - σ·ε has the same distribution, but the course and "
-                 "diffusers add, so a seed gives the same z everywhere.)", lambda: m - std * e),
-                ("you returned μ, the mode of q(z | x) (what posterior.mode() gives); a sample adds the "
-                 "noise σ·ε.", lambda: m),
-                ("you forgot the mean: z = μ + σ·ε.", lambda: std * e),
-                ("μ and σ are swapped: the noise is scaled by σ and shifted by μ, z = μ + σ·ε.",
+                (tr("logvar is log σ², not σ: the noise is scaled by σ = exp(logvar / 2), "
+                    "z = mean + exp(0.5 * logvar) * eps."), lambda: m + lv * e),
+                (tr("exp(logvar) is the variance σ²; the noise is scaled by the standard deviation "
+                    "σ = exp(logvar / 2)."), lambda: m + lv.exp() * e),
+                (tr("check the sign: z = μ + σ·ε. (μ - σ·ε has the same distribution, but the course and "
+                    "diffusers add, so a seed gives the same z everywhere.)"), lambda: m - std * e),
+                (tr("you returned μ, the mode of q(z | x) (what posterior.mode() gives); a sample adds the "
+                    "noise σ·ε."), lambda: m),
+                (tr("you forgot the mean: z = μ + σ·ε."), lambda: std * e),
+                (tr("μ and σ are swapped: the noise is scaled by σ and shifted by μ, z = μ + σ·ε."),
                  lambda: std + m * e),
-                ("you added the noise without scaling it by σ: z = μ + σ·ε.", lambda: m + e),
+                (tr("you added the noise without scaling it by σ: z = μ + σ·ε."), lambda: m + e),
             ]
 
         cases.append(Case(args=(mean, logvar, eps), expected=expected, where=_shape_text(shape),
@@ -140,11 +141,11 @@ def check_reparameterise(fn: Callable) -> bool:
 
     return grade(
         fn, cases, check_name="check_reparameterise", result_name="z",
-        success="z = μ + exp(logvar / 2)·ε matches DiagonalGaussianDistribution.sample on 3 batches "
-                "(with the same noise ε).",
-        generic_hint="σ = exp(0.5 * logvar) (logvar may be negative: no square root of it), then "
-                     "z = mean + σ * eps with the eps you are given (do not draw new noise).",
-        shape_hint="z has the shape of mean: every coordinate gets its own μ, σ and ε.",
+        success=tr("z = μ + exp(logvar / 2)·ε matches DiagonalGaussianDistribution.sample on 3 batches "
+                   "(with the same noise ε)."),
+        generic_hint=tr("σ = exp(0.5 * logvar) (logvar may be negative: no square root of it), then "
+                        "z = mean + σ * eps with the eps you are given (do not draw new noise)."),
+        shape_hint=tr("z has the shape of mean: every coordinate gets its own μ, σ and ε."),
         exception_hint=exception_hint,
     )
 
@@ -154,12 +155,12 @@ STRONG_KL_WEIGHT = 1e-2  # 10,000 times the recipe's 1e-6
 KL_QUANTITIES = ("spread of mu", "sigma", "sampled round-trip PSNR")
 _DIRECTIONS = ("larger", "smaller")
 _WHY = {
-    "spread of mu": "KL = 1/2 Σ (μ² + σ² - 1 - log σ²): its μ² term pulls every picture's mean toward 0, and a "
-                    "weight 10,000 times larger lets it win against the reconstruction.",
-    "sigma": "the reconstruction prefers a sure latent (σ → 0); the KL's σ² - 1 - log σ² is smallest at σ = 1. "
-             "Which one wins when the KL weighs 10,000 times more?",
-    "sampled round-trip PSNR": "a sample is z = μ + σ·ε: with the means pulled together and σ pushed toward 1, "
-                               "how much of z still tells the decoder which picture it was?",
+    "spread of mu": translatable("KL = 1/2 Σ (μ² + σ² - 1 - log σ²): its μ² term pulls every picture's mean toward "
+                                 "0, and a weight 10,000 times larger lets it win against the reconstruction."),
+    "sigma": translatable("the reconstruction prefers a sure latent (σ → 0); the KL's σ² - 1 - log σ² is smallest at "
+                          "σ = 1. Which one wins when the KL weighs 10,000 times more?"),
+    "sampled round-trip PSNR": translatable("a sample is z = μ + σ·ε: with the means pulled together and σ pushed "
+                                            "toward 1, how much of z still tells the decoder which picture it was?"),
 }
 
 
@@ -218,9 +219,11 @@ def check_kl_weight_prediction(fn: Callable) -> bool:
         direction = "larger" if strong[quantity] > recipe[quantity] else "smaller"
         if predictions[quantity] != direction:
             return not_yet(
-                f"you predicted that the {quantity} comes out {predictions[quantity]} with β = 1e-2; it came out "
-                f"{direction}: {strong[quantity]:.2f} against {recipe[quantity]:.2f} with the recipe's β.",
-                _WHY[quantity])
-    return correct("with a KL weight 10,000 times larger the means of q(z | x) draw together, σ grows toward 1, "
-                   "and a sample z tells the decoder less about its picture: the pull toward N(0, I) costs "
-                   "information.")
+                tr("you predicted that the {quantity} comes out {predicted} with β = 1e-2; it came out {direction}: "
+                   "{strong:.2f} against {recipe:.2f} with the recipe's β.", quantity=quantity,
+                   predicted=predictions[quantity], direction=direction, strong=strong[quantity],
+                   recipe=recipe[quantity]),
+                tr(_WHY[quantity]))
+    return correct(tr("with a KL weight 10,000 times larger the means of q(z | x) draw together, σ grows toward 1, "
+                      "and a sample z tells the decoder less about its picture: the pull toward N(0, I) costs "
+                      "information."))
