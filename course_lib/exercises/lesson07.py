@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..captions import ATTRIBUTES
+from ..i18n import tr, translatable
 from ..losses import contrastive_loss
 from ..nn.classifier import split_attribute_logits
 from ..pipeline import StableDiffusion
@@ -31,11 +32,12 @@ _ATTENTION_FORMULA = "softmax(Q Kᵀ / √d) V: (q @ k.transpose(-2, -1) / d ** 
 def _attention_exception_hint(error: BaseException) -> str:
     message = str(error)
     if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-        return "your function must take exactly these arguments, in this order: (q, k, v)."
+        return tr("your function must take exactly these arguments, in this order: {signature}.",
+                  signature="(q, k, v)")
     if any(words in message for words in ("size of tensor", "must match", "mat1", "Expected size", "shapes cannot")):
-        return ("transpose only the last two axes of K: k.transpose(-2, -1) has shape (B, h, d, L), so "
-                "q @ k.transpose(-2, -1) is (B, h, N, L): one score per image position and prompt token.")
-    return f"compute {_ATTENTION_FORMULA}."
+        return (tr("transpose only the last two axes of K: k.transpose(-2, -1) has shape (B, h, d, L), so "
+                   "q @ k.transpose(-2, -1) is (B, h, N, L): one score per image position and prompt token."))
+    return tr("compute {formula}.", formula=_ATTENTION_FORMULA)
 
 
 def check_cross_attention(fn: Callable) -> bool:
@@ -57,48 +59,49 @@ def check_cross_attention(fn: Callable) -> bool:
         def mistakes(q=q, k=k, v=v, L=L, d=d):
             scores = q @ k.transpose(-2, -1)  # (B, h, N, L)
             return [
-                ("you forgot the scaling: divide the scores by √d before the softmax, "
-                 "(q @ k.transpose(-2, -1)) / d ** 0.5.", lambda: scores.softmax(-1) @ v),
-                ("you divided by d; the scores are divided by √d (the square root of the channels per head).",
+                (tr("you forgot the scaling: divide the scores by √d before the softmax, "
+                    "(q @ k.transpose(-2, -1)) / d ** 0.5."), lambda: scores.softmax(-1) @ v),
+                (tr("you divided by d; the scores are divided by √d (the square root of the channels per head)."),
                  lambda: (scores / d).softmax(-1) @ v),
-                ("you multiplied by √d; the scores are divided by it.",
+                (tr("you multiplied by √d; the scores are divided by it."),
                  lambda: (scores * math.sqrt(d)).softmax(-1) @ v),
-                ("you divided by √L (L prompt tokens); the scale is √d, d = q.shape[-1], the channels per head.",
+                (tr("you divided by √L (L prompt tokens); the scale is √d, d = q.shape[-1], the channels per head."),
                  lambda: (scores / math.sqrt(L)).softmax(-1) @ v),
-                ("the softmax runs over the wrong axis: each image position (a row of the scores) shares its "
-                 "attention among the L prompt tokens, so softmax(dim=-1), over the keys.",
+                (tr("the softmax runs over the wrong axis: each image position (a row of the scores) shares its "
+                    "attention among the L prompt tokens, so softmax(dim=-1), over the keys."),
                  lambda: (scores / math.sqrt(d)).softmax(-2) @ v),
-                ("K is not transposed: the scores are Q Kᵀ, q @ k.transpose(-2, -1), (B, h, N, L).",
+                (tr("K is not transposed: the scores are Q Kᵀ, q @ k.transpose(-2, -1), (B, h, N, L)."),
                  lambda: (q @ k / math.sqrt(d)).softmax(-1) @ v),
-                ("you returned the attention weights softmax(Q Kᵀ / √d), (B, h, N, L); multiply them by V.",
+                (tr("you returned the attention weights softmax(Q Kᵀ / √d), (B, h, N, L); multiply them by V."),
                  lambda: (scores / math.sqrt(d)).softmax(-1)),
-                ("K and V are swapped: the scores compare Q with K, and the weights average V.",
+                (tr("K and V are swapped: the scores compare Q with K, and the weights average V."),
                  lambda: (q @ v.transpose(-2, -1) / math.sqrt(d)).softmax(-1) @ k),
-                ("the weights multiply V after the softmax; a softmax of the product mixes things up.",
+                (tr("the weights multiply V after the softmax; a softmax of the product mixes things up."),
                  lambda: (scores / math.sqrt(d) @ v).softmax(-1)),
             ]
 
         cases.append(Case(
             args=(q, k, v),
             expected=F.scaled_dot_product_attention(q, k, v),
-            where=f"for q of shape {(B, h, N, d)} and k, v of shape {(B, h, L, d)}",
+            where=tr("for q of shape {query_shape} and k, v of shape {key_shape}", query_shape=(B, h, N, d),
+                     key_shape=(B, h, L, d)),
             mistakes=mistakes(),
         ))
     return grade(
-        fn, cases, check_name="check_cross_attention", result_name="the attention output",
-        success="softmax(Q Kᵀ / √d) V matches torch's F.scaled_dot_product_attention for 3 batches "
-                "(4, 1 and 2 heads; 8, 5 and 16 prompt tokens).",
+        fn, cases, check_name="check_cross_attention", result_name=tr("the attention output"),
+        success=tr("softmax(Q Kᵀ / √d) V matches torch's F.scaled_dot_product_attention for 3 batches "
+                   "(4, 1 and 2 heads; 8, 5 and 16 prompt tokens)."),
         generic_hint=_ATTENTION_FORMULA + ".",
-        shape_hint="the output has one d-vector per head and image position: (B, h, N, d), the shape of q.",
+        shape_hint=tr("the output has one d-vector per head and image position: (B, h, N, d), the shape of q."),
         exception_hint=_attention_exception_hint,
     )
 
 
 # (B pairs, P channels, logit_scale = log(1 / tau)); CLIP starts at log(1 / 0.07) = 2.6592
 _CONTRASTIVE_CASES = [(4, 8, 2.6592), (8, 16, 4.0), (5, 8, 1.0)]
-_CONTRASTIVE_FORMULA = ("logits = logit_scale.exp() * image_embeds @ text_embeds.T; then the mean of "
-                        "F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets), "
-                        "targets = torch.arange(B)")
+_CONTRASTIVE_FORMULA = translatable("logits = logit_scale.exp() * image_embeds @ text_embeds.T; then the mean of "
+                                    "F.cross_entropy(logits, targets) and F.cross_entropy(logits.T, targets), "
+                                    "targets = torch.arange(B)")
 
 
 def check_clip_contrastive_loss(fn: Callable) -> bool:
@@ -126,20 +129,20 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
             logits = math.exp(s) * cosines
             rows, columns = F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
             return [
-                ("only one direction: that is each image choosing its caption (the rows). Add the other, each "
-                 "caption choosing its image (the columns, logits.T), and average the two.", lambda: rows),
-                ("only one direction: that is each caption choosing its image (the columns). Add the other, "
-                 "each image choosing its caption (the rows), and average the two.", lambda: columns),
-                ("you added the two directions; CLIP averages them: (loss_rows + loss_columns) / 2.",
+                (tr("only one direction: that is each image choosing its caption (the rows). Add the other, each "
+                    "caption choosing its image (the columns, logits.T), and average the two."), lambda: rows),
+                (tr("only one direction: that is each caption choosing its image (the columns). Add the other, "
+                    "each image choosing its caption (the rows), and average the two."), lambda: columns),
+                (tr("you added the two directions; CLIP averages them: (loss_rows + loss_columns) / 2."),
                  lambda: rows + columns),
-                ("the temperature is missing: multiply the cosines by exp(logit_scale) = 1 / τ before the "
-                 "cross-entropy.", lambda: (F.cross_entropy(cosines, target) + F.cross_entropy(cosines.T, target)) / 2),
-                ("logit_scale is log(1 / τ): multiply by logit_scale.exp(), not by logit_scale itself.",
+                (tr("the temperature is missing: multiply the cosines by exp(logit_scale) = 1 / τ before the "
+                    "cross-entropy."), lambda: (F.cross_entropy(cosines, target) + F.cross_entropy(cosines.T, target)) / 2),
+                (tr("logit_scale is log(1 / τ): multiply by logit_scale.exp(), not by logit_scale itself."),
                  lambda: (F.cross_entropy(s * cosines, target) + F.cross_entropy(s * cosines.T, target)) / 2),
-                ("you divided by exp(logit_scale); exp(logit_scale) = 1 / τ multiplies the cosines.",
+                (tr("you divided by exp(logit_scale); exp(logit_scale) = 1 / τ multiplies the cosines."),
                  lambda: (F.cross_entropy(cosines / math.exp(s), target)
                           + F.cross_entropy(cosines.T / math.exp(s), target)) / 2),
-                ("you summed over the batch; the loss is a mean over the B pairs (cross_entropy's default).",
+                (tr("you summed over the batch; the loss is a mean over the B pairs (cross_entropy's default)."),
                  lambda: (F.cross_entropy(logits, target, reduction="sum")
                           + F.cross_entropy(logits.T, target, reduction="sum")) / 2),
             ]
@@ -147,25 +150,26 @@ def check_clip_contrastive_loss(fn: Callable) -> bool:
         cases.append(Case(
             args=(image_embeds, text_embeds, logit_scale),
             expected=contrastive_loss(image_embeds, text_embeds, logit_scale),
-            where=f"for {B} pairs of {P}-dim embeddings, logit_scale = {scale}",
+            where=tr("for {pairs} pairs of {channels}-dim embeddings, logit_scale = {scale}", pairs=B, channels=P,
+                     scale=scale),
             mistakes=mistakes(),
         ))
 
     def exception_hint(error: BaseException) -> str:
         message = str(error)
         if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-            return ("your function must take exactly these arguments, in this order: "
-                    "(image_embeds, text_embeds, logit_scale).")
+            return tr("your function must take exactly these arguments, in this order: {signature}.",
+                      signature="(image_embeds, text_embeds, logit_scale)")
         if "must be real number" in message or "not Tensor" in message:
-            return "logit_scale is a tensor: use logit_scale.exp() (torch), not math.exp(logit_scale)."
-        return f"compute {_CONTRASTIVE_FORMULA}."
+            return tr("logit_scale is a tensor: use logit_scale.exp() (torch), not math.exp(logit_scale).")
+        return tr("compute {formula}.", formula=tr(_CONTRASTIVE_FORMULA))
 
     return grade(
-        fn, cases, check_name="check_clip_contrastive_loss", result_name="the loss",
-        success="the symmetric loss, (CE over rows + CE over columns) / 2 with logits exp(logit_scale)·v·tᵀ, "
-                "matches course_lib.losses.contrastive_loss for 3 batches.",
-        generic_hint=_CONTRASTIVE_FORMULA + ".",
-        shape_hint="the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch.",
+        fn, cases, check_name="check_clip_contrastive_loss", result_name=tr("the loss"),
+        success=tr("the symmetric loss, (CE over rows + CE over columns) / 2 with logits exp(logit_scale)·v·tᵀ, "
+                   "matches course_lib.losses.contrastive_loss for 3 batches."),
+        generic_hint=tr(_CONTRASTIVE_FORMULA) + ".",
+        shape_hint=tr("the loss is one number, a tensor of shape (): F.cross_entropy averages over the batch."),
         exception_hint=exception_hint,
     )
 
@@ -176,16 +180,20 @@ TOKEN_EDITS = ("swap the states of red and circle", "swap the words red and circ
                "blue's states from the colour on")
 OUTCOMES = ("the same picture", "a different picture, not blue", "a blue picture")
 _WHY = {
-    TOKEN_EDITS[0]: "cross-attention is softmax(Q Kᵀ / √d) V over the L tokens: swapping two rows of c swaps two rows of "
-                    "K and of V together. Does a weighted average over a set change when the set is listed in another "
-                    "order? (The positions were already used, inside the text encoder.)",
-    TOKEN_EDITS[1]: "the text encoder sees the words in their new order: every state from the swapped words on is "
-                    "computed again. And does the UNet need the word order to know the colour and the shape?",
-    TOKEN_EDITS[2]: "the text encoder attends causally (section 3): the states of circle, in, the, top, left and of "
-                    "the end token were computed after reading red, and they are still those of the red prompt. Which "
-                    "colour do most of the 16 states now carry?",
-    TOKEN_EDITS[3]: "the states before the colour word, <|startoftext|> a large, are the same in both prompts (a causal "
-                    "encoder has not read the colour yet), so these are the blue prompt's states.",
+    TOKEN_EDITS[0]: translatable(
+        "cross-attention is softmax(Q Kᵀ / √d) V over the L tokens: swapping two rows of c swaps two rows of "
+        "K and of V together. Does a weighted average over a set change when the set is listed in another "
+        "order? (The positions were already used, inside the text encoder.)"),
+    TOKEN_EDITS[1]: translatable(
+        "the text encoder sees the words in their new order: every state from the swapped words on is "
+        "computed again. And does the UNet need the word order to know the colour and the shape?"),
+    TOKEN_EDITS[2]: translatable(
+        "the text encoder attends causally (section 3): the states of circle, in, the, top, left and of "
+        "the end token were computed after reading red, and they are still those of the red prompt. Which "
+        "colour do most of the 16 states now carry?"),
+    TOKEN_EDITS[3]: translatable(
+        "the states before the colour word, <|startoftext|> a large, are the same in both prompts (a causal "
+        "encoder has not read the colour yet), so these are the blue prompt's states."),
 }
 
 
@@ -273,8 +281,9 @@ def check_token_state_prediction(fn: Callable) -> bool:
         outcome = token_state_outcome(measured[edit])
         if predictions[edit] != outcome:
             reads = ", ".join(measured[edit]["reads"])
-            return not_yet(f"for {edit!r} you predicted {predictions[edit]!r}; the mini SD drew {outcome!r} (the "
-                           f"judge reads: {reads}; largest pixel change {measured[edit]['max_difference']:.2g}).",
-                           _WHY[edit])
-    return correct("cross-attention reads the token states as a set (their order does not matter), and a word's "
-                   "meaning is not in its own state alone: a causal encoder writes it into every later state.")
+            return not_yet(tr("for {edit!r} you predicted {predicted!r}; the mini SD drew {outcome!r} (the judge reads: "
+                              "{reads}; largest pixel change {change:.2g}).", edit=edit, predicted=predictions[edit],
+                              outcome=outcome, reads=reads, change=measured[edit]["max_difference"]),
+                           tr(_WHY[edit]))
+    return correct(tr("cross-attention reads the token states as a set (their order does not matter), and a word's "
+                      "meaning is not in its own state alone: a causal encoder writes it into every later state."))

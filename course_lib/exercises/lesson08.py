@@ -13,9 +13,10 @@ from torch import nn
 
 from ..experiments import negative_prompt_sweep
 from ..guidance import cfg
+from ..i18n import tr
 from .grading import (
     Case, CountingModel, call_learner, correct, grade, hint_for_exception, is_function, not_yet, seeded,
-    too_many_calls, wrong_value,
+    stand_in_error, too_many_calls, wrong_value,
 )
 
 __all__ = ["check_guided_noise", "check_decode_latents", "check_cyan_scale", "count_cyan"]
@@ -34,13 +35,17 @@ class _ToyTextDenoiser(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states=None, class_labels=None):
         if encoder_hidden_states is None:
-            raise ValueError("This UNet cross-attends to the prompt: pass encoder_hidden_states=... (B, L, D).")
+            raise stand_in_error("no text states", tr("This UNet cross-attends to the prompt: pass "
+                                                      "encoder_hidden_states=... (B, L, D)."))
         B = sample.shape[0]
         if encoder_hidden_states.shape[0] != B:
-            raise ValueError(f"encoder_hidden_states has {encoder_hidden_states.shape[0]} items but sample has {B}.")
+            raise stand_in_error("text states count", tr("encoder_hidden_states has {count} items but sample has "
+                                                         "{images}.", count=encoder_hidden_states.shape[0], images=B),
+                                 count=encoder_hidden_states.shape[0], images=B)
         timestep = torch.as_tensor(timestep).reshape(-1)
         if timestep.numel() not in (1, B):
-            raise ValueError(f"timestep has {timestep.numel()} entries but sample has {B} images.")
+            raise stand_in_error("timestep count", tr("{name} has {count} entries but sample has {images} images.",
+                                                      name="timestep", count=timestep.numel(), images=B))
         t = timestep.expand(B).to(sample.dtype).reshape(-1, 1, 1, 1)
         # each image reads its own text states: (B, L, D) -> (B, D) -> (B, C, 1, 1)
         text = (encoder_hidden_states.mean(dim=1) @ self.text_projection)[:, :, None, None]
@@ -57,21 +62,20 @@ _GUIDED_NOISE_RECIPE = ("latent_model_input = torch.cat([latents] * 2); states =
 
 
 def _guided_noise_exception_hint(error: BaseException) -> str:
-    message = str(error)
-    if "encoder_hidden_states has" in message:
-        found = [int(word) for word in message.replace(".", " ").split() if word.isdigit()]
-        if len(found) == 2 and found[0] < found[1]:
-            return ("the text states must be a batch of two as well: torch.cat([negative_prompt_embeds, "
-                    "prompt_embeds]), one per copy of the latents.")
-        return "the latents must be a batch of two as well: torch.cat([latents] * 2), one copy per text state."
-    if "timestep has" in message:
-        return ("t is one timestep for every image of the batch of two: pass it as it is, unet(latent_model_input, "
-                "t, encoder_hidden_states=states).")
-    if "pass encoder_hidden_states" in message:
-        return "give the UNet the text states by name: unet(latent_model_input, t, encoder_hidden_states=states)."
+    message, reason = str(error), getattr(error, "stand_in_reason", None)
+    if reason == "text states count":
+        if error.details["count"] < error.details["images"]:
+            return (tr("the text states must be a batch of two as well: torch.cat([negative_prompt_embeds, "
+                       "prompt_embeds]), one per copy of the latents."))
+        return tr("the latents must be a batch of two as well: torch.cat([latents] * 2), one copy per text state.")
+    if reason == "timestep count":
+        return (tr("t is one timestep for every image of the batch of two: pass it as it is, unet(latent_model_input, "
+                   "t, encoder_hidden_states=states)."))
+    if reason == "no text states":
+        return tr("give the UNet the text states by name: unet(latent_model_input, t, encoder_hidden_states=states).")
     if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-        return ("your function must take exactly these arguments, in this order: "
-                "(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale).")
+        return tr("your function must take exactly these arguments, in this order: {signature}.",
+                  signature="(unet, latents, t, prompt_embeds, negative_prompt_embeds, guidance_scale)")
     return _GUIDED_NOISE_RECIPE
 
 
@@ -97,32 +101,33 @@ def check_guided_noise(fn: Callable) -> bool:
         with torch.no_grad():
             u = base(latents, t, encoder_hidden_states=negative_prompt_embeds)  # eps(z_t, c_neg)
             c = base(latents, t, encoder_hidden_states=prompt_embeds)  # eps(z_t, c)
-        where = f"for latents of shape {shape}, text states of shape {(shape[0], L, D)}, t = {t}, guidance_scale = {s}"
+        where = tr("for latents of shape {shape}, text states of shape {text_shape}, t = {t}, guidance_scale = {scale}",
+                   shape=shape, text_shape=(shape[0], L, D), t=t, scale=s)
         case = Case(
             args=(latents, t, prompt_embeds, negative_prompt_embeds, s), expected=cfg(u, c, s), where=where,
             mistakes=[
-                ("the halves are swapped: chunk(2) returns them in the order of torch.cat, and the pipeline puts "
-                 "the negative prompt first, so noise_pred_uncond, noise_pred_text = noise_pred.chunk(2).",
+                (tr("the halves are swapped: chunk(2) returns them in the order of torch.cat, and the pipeline puts "
+                    "the negative prompt first, so noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)."),
                  lambda: c + s * (u - c)),
-                ("you used guidance_scale as Ho & Salimans' w; in diffusers' convention the formula is "
-                 "noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                (tr("you used guidance_scale as Ho & Salimans' w; in diffusers' convention the formula is "
+                    "noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)."),
                  lambda: c + s * (c - u)),
-                ("off by one in the scale: guidance_scale = 1 must give noise_pred_text (no guidance).",
+                (tr("off by one in the scale: guidance_scale = 1 must give noise_pred_text (no guidance)."),
                  lambda: u + (s - 1) * (c - u)),
-                ("check the sign: guidance moves away from the negative prompt, toward the prompt.",
+                (tr("check the sign: guidance moves away from the negative prompt, toward the prompt."),
                  lambda: u - s * (c - u)),
-                ("the scale multiplies the difference (noise_pred_text - noise_pred_uncond), not "
-                 "noise_pred_uncond: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond).",
+                (tr("the scale multiplies the difference (noise_pred_text - noise_pred_uncond), not "
+                    "noise_pred_uncond: noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)."),
                  lambda: s * u + (c - u)),
-                ("the parentheses are missing: guidance_scale * noise_pred_text - noise_pred_uncond + "
-                 "noise_pred_uncond is only guidance_scale * noise_pred_text; scale the difference.",
+                (tr("the parentheses are missing: guidance_scale * noise_pred_text - noise_pred_uncond + "
+                    "noise_pred_uncond is only guidance_scale * noise_pred_text; scale the difference."),
                  lambda: s * c),
-                ("you returned the guidance term alone; add it to noise_pred_uncond.", lambda: s * (c - u)),
-                ("you returned the prediction for the prompt alone: did both halves see prompt_embeds? The "
-                 "first half must see negative_prompt_embeds, and the two halves are combined with the scale.",
+                (tr("you returned the guidance term alone; add it to noise_pred_uncond."), lambda: s * (c - u)),
+                (tr("you returned the prediction for the prompt alone: did both halves see prompt_embeds? The "
+                    "first half must see negative_prompt_embeds, and the two halves are combined with the scale."),
                  lambda: c),
-                ("you returned the prediction for the negative prompt alone: the second half must see "
-                 "prompt_embeds, and the two halves are combined with the scale.", lambda: u),
+                (tr("you returned the prediction for the negative prompt alone: the second half must see "
+                    "prompt_embeds, and the two halves are combined with the scale."), lambda: u),
             ],
         )
         model = CountingModel(base)
@@ -130,23 +135,23 @@ def check_guided_noise(fn: Callable) -> bool:
         if not ok:
             return False
         if isinstance(got, (tuple, list)):
-            return not_yet(f"your function returned a {type(got).__name__} of {len(got)} items {where}, "
-                           f"expected one tensor of shape {shape}.",
-                           "return the guided noise, noise_pred_uncond + guidance_scale * (noise_pred_text - "
-                           "noise_pred_uncond), not the two halves.")
-        shape_hint = (f"the guided noise has the shape of the latents, {shape}: split the UNet's output of the "
-                      f"batch of two with .chunk(2) and combine the halves.")
-        lines = wrong_value(got, case, "the guided noise", _GUIDED_NOISE_RECIPE, shape_hint)
+            return not_yet(tr("your function returned a {type_name} of {length} items {where}, expected one tensor of "
+                              "shape {shape}.", type_name=type(got).__name__, length=len(got), where=where, shape=shape),
+                           tr("return the guided noise, noise_pred_uncond + guidance_scale * (noise_pred_text - "
+                              "noise_pred_uncond), not the two halves."))
+        shape_hint = tr("the guided noise has the shape of the latents, {shape}: split the UNet's output of the batch "
+                        "of two with .chunk(2) and combine the halves.", shape=shape)
+        lines = wrong_value(got, case, tr("the guided noise"), _GUIDED_NOISE_RECIPE, shape_hint)
         if lines:
             print("\n".join(lines))
             return False
         calls = len(model.batch_sizes)
         if calls != 1:
-            return too_many_calls("the UNet", calls, where,
-                                  f"the batch of two needs ONE UNet pass: {_GUIDED_NOISE_RECIPE}")
-    return correct("one UNet pass over [latents, latents] with [negative_prompt_embeds, prompt_embeds], split "
-                   "with chunk(2) and combined as uncond + s·(text - uncond), equals the two separate passes "
-                   "(3 batches, scales 7.5, 3 and 1).")
+            return too_many_calls(tr("the UNet"), calls, where,
+                                  tr("the batch of two needs ONE UNet pass: {recipe}", recipe=_GUIDED_NOISE_RECIPE))
+    return correct(tr("one UNet pass over [latents, latents] with [negative_prompt_embeds, prompt_embeds], split "
+                      "with chunk(2) and combined as uncond + s·(text - uncond), equals the two separate passes "
+                      "(3 batches, scales 7.5, 3 and 1)."))
 
 
 class _ToyVAE(nn.Module):
@@ -164,7 +169,8 @@ class _ToyVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or z.ndim != 4 or z.shape[1] != self.config.latent_channels:
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise ValueError(f"decode takes latents (B, {self.config.latent_channels}, h, w), got {got}.")
+            raise stand_in_error("decode input", tr("decode takes latents (B, {channels}, h, w), got {got}.",
+                                                    channels=self.config.latent_channels, got=got))
         x = torch.einsum("oc,bchw->bohw", self.mixing, z) + self.bias[:, None, None]  # (B, 3, h, w)
         x = 1.25 * torch.tanh(x)
         return x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # (B, 3, 2h, 2w)
@@ -194,49 +200,51 @@ def check_decode_latents(fn: Callable) -> bool:
         def mistakes(vae=vae, latents=latents, s=s):
             decoded = vae.decode(latents / s)
             return [
-                ("you forgot to divide by the scaling factor: the UNet's latents are s·z, and the decoder "
-                 "wants z = latents / vae.config.scaling_factor.",
+                (tr("you forgot to divide by the scaling factor: the UNet's latents are s·z, and the decoder "
+                    "wants z = latents / vae.config.scaling_factor."),
                  lambda: (vae.decode(latents) / 2 + 0.5).clamp(0, 1)),
-                ("you multiplied by the scaling factor; divide: z = latents / vae.config.scaling_factor.",
+                (tr("you multiplied by the scaling factor; divide: z = latents / vae.config.scaling_factor."),
                  lambda: (vae.decode(latents * s) / 2 + 0.5).clamp(0, 1)),
-                ("use this VAE's own vae.config.scaling_factor; 0.18215 is SD v1.x's, and the course's VAE "
-                 "measured its own in lesson 06.",
+                (tr("use this VAE's own vae.config.scaling_factor; 0.18215 is SD v1.x's, and the course's VAE "
+                    "measured its own in lesson 06."),
                  lambda: (vae.decode(latents / 0.18215) / 2 + 0.5).clamp(0, 1)),
-                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5.", lambda: decoded),
-                ("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5 (then clamp).",
+                (tr("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5."), lambda: decoded),
+                (tr("the decoder gives images in [-1, 1]; map them to [0, 1] with images / 2 + 0.5 (then clamp)."),
                  lambda: decoded.clamp(-1, 1)),
-                ("a decoder can overshoot [-1, 1] a little: clip after mapping, .clamp(0, 1).",
+                (tr("a decoder can overshoot [-1, 1] a little: clip after mapping, .clamp(0, 1)."),
                  lambda: decoded / 2 + 0.5),
-                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
-                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255)),
-                ("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
-                 "making PIL images.", lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255).round()),
-                ("clamp after mapping to [0, 1], not before: (images / 2 + 0.5).clamp(0, 1).",
+                (tr("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                    "making PIL images."), lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255)),
+                (tr("return floats in [0, 1], as the pipeline's output_type='np'; 0..255 comes only when "
+                    "making PIL images."), lambda: ((decoded / 2 + 0.5).clamp(0, 1) * 255).round()),
+                (tr("clamp after mapping to [0, 1], not before: (images / 2 + 0.5).clamp(0, 1)."),
                  lambda: decoded.clamp(0, 1) / 2 + 0.5),
-                ("(images + 1) / 2 is right, but the result must be clipped to [0, 1] as well.",
+                (tr("(images + 1) / 2 is right, but the result must be clipped to [0, 1] as well."),
                  lambda: (decoded + 1) / 2),
             ]
 
         cases.append(Case(args=(vae, latents), expected=(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1),
-                           where=f"for latents of shape {shape} and scaling_factor = {s}", mistakes=mistakes()))
+                           where=tr("for latents of shape {shape} and scaling_factor = {scale}", shape=shape, scale=s),
+                           mistakes=mistakes()))
 
     def exception_hint(error: BaseException) -> str:
         message = str(error)
-        if "decode takes latents" in message:
-            return "give vae.decode the latents themselves, (B, 4, h, w), divided by vae.config.scaling_factor."
+        if getattr(error, "stand_in_reason", None) == "decode input":
+            return tr("give vae.decode the latents themselves, (B, 4, h, w), divided by vae.config.scaling_factor.")
         if isinstance(error, AttributeError) and "scaling_factor" in message:
-            return "the scaling factor is in the VAE's config: vae.config.scaling_factor."
+            return tr("the scaling factor is in the VAE's config: vae.config.scaling_factor.")
         if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-            return "your function must take exactly these arguments, in this order: (vae, latents)."
+            return tr("your function must take exactly these arguments, in this order: {signature}.",
+                      signature="(vae, latents)")
         return _DECODE_RECIPE + "."
 
     return grade(
-        fn, cases, check_name="check_decode_latents", result_name="the images",
-        success="(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1) matches for scaling factors 0.18215, 0.871 "
-                "and 0.5.",
+        fn, cases, check_name="check_decode_latents", result_name=tr("the images"),
+        success=tr("(vae.decode(latents / s) / 2 + 0.5).clamp(0, 1) matches for scaling factors 0.18215, 0.871 "
+                   "and 0.5."),
         generic_hint=_DECODE_RECIPE + ".",
-        shape_hint="keep the decoder's layout (B, 3, H, W): the pipeline moves the channels last only when it "
-                   "makes PIL images.",
+        shape_hint=tr("keep the decoder's layout (B, 3, H, W): the pipeline moves the channels last only when it "
+                      "makes PIL images."),
         exception_hint=exception_hint,
     )
 
@@ -270,24 +278,24 @@ def check_cyan_scale(fn: Callable) -> bool:
     if not is_function(fn, "check_cyan_scale"):
         return False
     ok, got = call_learner(fn, (count_cyan,), hint_for_exception(
-        "(count_cyan)", "measure with count_cyan(scale) and return the scale you found, e.g. return 2.0",
+        "(count_cyan)", tr("measure with count_cyan(scale) and return the scale you found, e.g. return 2.0"),
         broadcast=False))
     if not ok:
         return False
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if isinstance(got, bool) or not isinstance(got, (int, float)) or not math.isfinite(got):
-        return not_yet(f"your function returned {got!r}, expected one guidance scale (a number).",
-                       "return the scale you found, e.g. `return 2.0`.")
+        return not_yet(tr("your function returned {got!r}, expected one guidance scale (a number).", got=got),
+                       tr("return the scale you found, e.g. `return 2.0`."))
     scale = float(got)
     if scale <= 1:
-        return not_yet(f"at guidance scale {scale:g} there is no guidance: the pipeline (as diffusers') skips the "
-                       f"batch of two when guidance_scale <= 1, and the negative prompt with it (section 10 measured "
-                       f"it: the pictures with and without it are identical).",
-                       "look above 1: the strip of section 10 shows between which of its scales the circles turn.")
+        return not_yet(tr("at guidance scale {scale:g} there is no guidance: the pipeline (as diffusers') skips the "
+                          "batch of two when guidance_scale <= 1, and the negative prompt with it (section 10 measured "
+                          "it: the pictures with and without it are identical).", scale=scale),
+                       tr("look above 1: the strip of section 10 shows between which of its scales the circles turn."))
     if scale > _LARGEST_SCALE:
-        return not_yet(f"{scale:g} is far outside the scales the pipeline is used with (1 to about 20).",
-                       "look between the scales of section 10's strip where the circles turn cyan.")
+        return not_yet(tr("{scale:g} is far outside the scales the pipeline is used with (1 to about 20).", scale=scale),
+                       tr("look between the scales of section 10's strip where the circles turn cyan."))
     below = scale - CYAN_RESOLUTION
     result = negative_prompt_sweep(scales=[below, scale], **CYAN_EXPERIMENT)
     count = CYAN_EXPERIMENT["num_images"]
@@ -295,14 +303,16 @@ def check_cyan_scale(fn: Callable) -> bool:
     if cyan_at < count:
         others = Counter(colour for colour in result.colors[1] if colour != "cyan")
         listed = ", ".join(f"{n} {colour}" for colour, n in others.most_common())
-        return not_yet(f"at guidance scale {scale:g} the judge reads {cyan_at} of the {count} pictures as cyan "
-                       f"(the others: {listed}).",
-                       "the negative prompt does not push every circle all the way there yet: try a larger scale.")
+        return not_yet(tr("at guidance scale {scale:g} the judge reads {cyan} of the {count} pictures as cyan (the "
+                          "others: {others}).", scale=scale, cyan=cyan_at, count=count, others=listed),
+                       tr("the negative prompt does not push every circle all the way there yet: try a larger scale."))
     if cyan_below == count:
-        return not_yet(f"all {count} pictures are cyan at {scale:g}, but already at {below:g} as well.",
-                       f"look for a smaller scale: the smallest at which all {count} are cyan, to within "
-                       f"{CYAN_RESOLUTION:g}. Halve the gap between a scale where some are not cyan and {below:g}.")
-    return correct(f"the judge reads every one of the {count} circles as cyan at your scale and not at "
-                   f"{CYAN_RESOLUTION:g} below it. Each step moves λ times along ε(z, \"a circle\") - ε(z, \"red\"): "
-                   f"past some λ every picture leaves red as far behind as the model can draw, and in RGB that is "
-                   f"cyan.")
+        return not_yet(tr("all {count} pictures are cyan at {scale:g}, but already at {below:g} as well.", count=count,
+                          scale=scale, below=below),
+                       tr("look for a smaller scale: the smallest at which all {count} are cyan, to within "
+                          "{resolution:g}. Halve the gap between a scale where some are not cyan and {below:g}.",
+                          count=count, resolution=CYAN_RESOLUTION, below=below))
+    return correct(tr("the judge reads every one of the {count} circles as cyan at your scale and not at {resolution:g} "
+                      "below it. Each step moves λ times along ε(z, \"a circle\") - ε(z, \"red\"): past some λ every "
+                      "picture leaves red as far behind as the model can draw, and in RGB that is cyan.", count=count,
+                      resolution=CYAN_RESOLUTION))
