@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from ..experiments import img2img_sweep
+from ..i18n import tr
 from ..samplers import EulerSampler, make_sampler
 from .lesson02 import SD_SCHEDULE
 from .grading import Case, call_learner, correct, grade, hint_for_exception, is_function, not_yet, per_item, seeded
@@ -46,38 +47,39 @@ def check_euler_step(fn: Callable) -> bool:
 
         def mistakes(x=x, eps=eps, s=sigma, n=sigma_next):
             return [
-                ("check the sign: σ decreases along the sampling, so the step σ_next - σ is negative; "
-                 "x_next = x + (σ_next - σ)·ε, not x + (σ - σ_next)·ε.", lambda: x + (s - n) * eps),
-                ("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
-                 "σ_next - σ.", lambda: x + n * eps),
-                ("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
-                 "σ_next - σ.", lambda: x - n * eps),
-                ("you returned x̂0 = x - σ·ε, a jump all the way to σ = 0; step only to σ_next: "
-                 "x + (σ_next - σ)·ε.", lambda: x - s * eps),
-                ("the derivative dx/dσ is ε itself (x = x0 + σ·ε); you divided it by σ once more.",
+                (tr("check the sign: σ decreases along the sampling, so the step σ_next - σ is negative; "
+                    "x_next = x + (σ_next - σ)·ε, not x + (σ - σ_next)·ε."), lambda: x + (s - n) * eps),
+                (tr("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
+                    "σ_next - σ."), lambda: x + n * eps),
+                (tr("you used σ_next alone; Euler's step multiplies the derivative ε by the change in σ, "
+                    "σ_next - σ."), lambda: x - n * eps),
+                (tr("you returned x̂0 = x - σ·ε, a jump all the way to σ = 0; step only to σ_next: "
+                    "x + (σ_next - σ)·ε."), lambda: x - s * eps),
+                (tr("the derivative dx/dσ is ε itself (x = x0 + σ·ε); you divided it by σ once more."),
                  lambda: x + (n - s) * eps / s),
-                ("σ is a standard deviation and the ODE is in σ itself: use σ_next - σ, not σ_next² - σ².",
+                (tr("σ is a standard deviation and the ODE is in σ itself: use σ_next - σ, not σ_next² - σ²."),
                  lambda: x + (n ** 2 - s ** 2) * eps),
-                ("you scaled x by 1 / sqrt(σ² + 1): that is what the UNet is given (scale_model_input); "
-                 "the step itself works on x = x0 + σ·ε: x + (σ_next - σ)·ε.",
+                (tr("you scaled x by 1 / sqrt(σ² + 1): that is what the UNet is given (scale_model_input); "
+                    "the step itself works on x = x0 + σ·ε: x + (σ_next - σ)·ε."),
                  lambda: x / (s ** 2 + 1) ** 0.5 + (n - s) * eps),
-                ("every image used the first σ; each image has its own σ and σ_next, already shaped "
-                 "(B, 1, 1, 1): x + (sigma_next - sigma) * eps.", lambda: x + (n[0] - s[0]) * eps),
+                (tr("every image used the first σ; each image has its own σ and σ_next, already shaped "
+                    "(B, 1, 1, 1): x + (sigma_next - sigma) * eps."), lambda: x + (n[0] - s[0]) * eps),
             ]
 
         cases.append(Case(
             args=(x, eps, sigma, sigma_next),
             expected=expected,
-            where=(f"for x of shape {shape}, σ = {[round(v, 4) for v in sigma.flatten().tolist()]} -> "
-                   f"σ_next = {[round(v, 4) for v in sigma_next.flatten().tolist()]} ({steps} {spacing} steps)"),
+            where=tr("for x of shape {shape}, σ = {sigma} -> σ_next = {sigma_next} ({steps} {spacing} steps)",
+                     shape=shape, sigma=[round(v, 4) for v in sigma.flatten().tolist()],
+                     sigma_next=[round(v, 4) for v in sigma_next.flatten().tolist()], steps=steps, spacing=spacing),
             mistakes=mistakes(),
         ))
     return grade(
         fn, cases, check_name="check_euler_step", result_name="x_next",
-        success="x_next = x + (σ_next - σ)·ε matches EulerSampler.step on 3 grids, the last step (σ_next = 0) "
-                "included.",
-        generic_hint="x = x0 + σ·ε, so dx/dσ = ε and Euler's step is x_next = x + (σ_next - σ)·ε.",
-        shape_hint="x_next has the shape of x; sigma and sigma_next are already (B, 1, 1, 1).",
+        success=tr("x_next = x + (σ_next - σ)·ε matches EulerSampler.step on 3 grids, the last step (σ_next = 0) "
+                   "included."),
+        generic_hint=tr("x = x0 + σ·ε, so dx/dσ = ε and Euler's step is x_next = x + (σ_next - σ)·ε."),
+        shape_hint=tr("x_next has the shape of x; sigma and sigma_next are already (B, 1, 1, 1)."),
         exception_hint=hint_for_exception("(x, eps, sigma, sigma_next)", "x + (σ_next - σ)·ε"),
     )
 
@@ -109,46 +111,48 @@ def check_img2img_timesteps(fn: Callable) -> bool:
 
         def mistakes(ts=timesteps, n=n, s=strength, k=k):
             return [
-                ("you rounded n·strength; diffusers truncates it: k = int(n·strength), then timesteps[n - k:].",
+                (tr("you rounded n·strength; diffusers truncates it: k = int(n·strength), then timesteps[n - k:]."),
                  lambda: ts[n - min(round(n * s), n):]),
-                ("you rounded n·strength up (a start at int(n·(1 - strength)) does the same); diffusers first "
-                 "truncates the number of steps, k = int(n·strength), then starts at n - k.",
+                (tr("you rounded n·strength up (a start at int(n·(1 - strength)) does the same); diffusers first "
+                    "truncates the number of steps, k = int(n·strength), then starts at n - k."),
                  lambda: ts[n - min(math.ceil(n * s), n):]),
-                ("off by one: you run one step too many (k + 1). Run exactly k = int(n·strength) steps: "
-                 "timesteps[n - k:].", lambda: ts[max(n - k - 1, 0):]),
-                ("off by one: you run one step too few (k - 1). Run exactly k = int(n·strength) steps: "
-                 "timesteps[n - k:].", lambda: ts[n - k + 1:]),
-                ("for strength 0, k = 0 and timesteps[-0:] is the whole grid (-0 is 0); slice from n - k: "
-                 "timesteps[len(timesteps) - k:].", lambda: ts[-k:]),
-                ("those are the first k timesteps, the noisiest ones, where sampling from noise starts. img2img "
-                 "runs the END of the loop: the last k, timesteps[n - k:].", lambda: ts[:k]),
-                ("you started at position k; start at n - k, so that k = int(n·strength) steps are run.",
+                (tr("off by one: you run one step too many (k + 1). Run exactly k = int(n·strength) steps: "
+                    "timesteps[n - k:]."), lambda: ts[max(n - k - 1, 0):]),
+                (tr("off by one: you run one step too few (k - 1). Run exactly k = int(n·strength) steps: "
+                    "timesteps[n - k:]."), lambda: ts[n - k + 1:]),
+                (tr("for strength 0, k = 0 and timesteps[-0:] is the whole grid (-0 is 0); slice from n - k: "
+                    "timesteps[len(timesteps) - k:]."), lambda: ts[-k:]),
+                (tr("those are the first k timesteps, the noisiest ones, where sampling from noise starts. img2img "
+                    "runs the END of the loop: the last k, timesteps[n - k:]."), lambda: ts[:k]),
+                (tr("you started at position k; start at n - k, so that k = int(n·strength) steps are run."),
                  lambda: ts[k:]),
-                ("the timesteps must stay high to low, as the sampler runs them: timesteps[n - k:], not flipped.",
+                (tr("the timesteps must stay high to low, as the sampler runs them: timesteps[n - k:], not flipped."),
                  lambda: ts[n - k:].flip(0)),
             ]
 
         cases.append(Case(
             args=(timesteps, strength),
             expected=timesteps[n - k:],
-            where=f"for {name}'s {n} {spacing} timesteps and strength = {strength}",
+            where=tr("for {sampler}'s {n} {spacing} timesteps and strength = {strength}", sampler=name, n=n,
+                     spacing=spacing, strength=strength),
             mistakes=mistakes(),
         ))
 
     def exception_hint(error: BaseException) -> str:
         message = str(error)
         if isinstance(error, TypeError) and ("argument" in message or "positional" in message):
-            return "your function must take exactly these arguments, in this order: (timesteps, strength)."
+            return tr("your function must take exactly these arguments, in this order: {signature}.",
+                      signature="(timesteps, strength)")
         if isinstance(error, TypeError) and ("slice" in message or "integer" in message or "index" in message):
-            return "slice positions must be whole numbers: k = int(n * strength)."
-        return "k = int(len(timesteps) * strength), then return timesteps[len(timesteps) - k:]."
+            return tr("slice positions must be whole numbers: k = int(n * strength).")
+        return tr("k = int(len(timesteps) * strength), then return timesteps[len(timesteps) - k:].")
 
     return grade(
-        fn, cases, check_name="check_img2img_timesteps", result_name="the timesteps run",
-        success="the last k = int(n·strength) timesteps, timesteps[n - k:], match StableDiffusion.img2img "
-                "for 6 grids and strengths, strength 0 and 1 included.",
-        generic_hint="k = int(n * strength) steps are run, the last k of the grid: timesteps[n - k:].",
-        shape_hint="return k = int(n * strength) timesteps, the last k of the grid: timesteps[n - k:].",
+        fn, cases, check_name="check_img2img_timesteps", result_name=tr("the timesteps run"),
+        success=tr("the last k = int(n·strength) timesteps, timesteps[n - k:], match StableDiffusion.img2img "
+                   "for 6 grids and strengths, strength 0 and 1 included."),
+        generic_hint=tr("k = int(n * strength) steps are run, the last k of the grid: timesteps[n - k:]."),
+        shape_hint=tr("return k = int(n * strength) timesteps, the last k of the grid: timesteps[n - k:]."),
         exception_hint=exception_hint,
     )
 
@@ -169,7 +173,8 @@ def _first_step_run(strength: float) -> str:
     sampler.set_timesteps(_IMG2IMG_STEPS)
     k = int(_IMG2IMG_STEPS * strength)
     t = int(sampler.timesteps[_IMG2IMG_STEPS - k])
-    return f"t = {t}, where z_t keeps sqrt(ᾱ) = {SD_SCHEDULE.alphas_cumprod[t].sqrt():.2f} of the input's latent"
+    return tr("t = {t}, where z_t keeps sqrt(ᾱ) = {kept:.2f} of the input's latent", t=t,
+              kept=float(SD_SCHEDULE.alphas_cumprod[t].sqrt()))
 
 
 def check_img2img_prediction(fn: Callable) -> bool:
@@ -186,8 +191,8 @@ def check_img2img_prediction(fn: Callable) -> bool:
     """
     if not is_function(fn, "check_img2img_prediction"):
         return False
-    exception_hint = hint_for_exception("(edit)", 'a strength for each edit, e.g. {"shape": 0.6, "color": 0.4, '
-                                                  '"size": 0.6}[edit]', broadcast=False)
+    exception_hint = hint_for_exception("(edit)", tr('a strength for each edit, e.g. {"shape": 0.6, "color": 0.4, '
+                                                     '"size": 0.6}[edit]'), broadcast=False)
     predictions = {}
     for edit in IMG2IMG_EDITS:
         ok, got = call_learner(fn, (edit,), exception_hint)
@@ -197,8 +202,9 @@ def check_img2img_prediction(fn: Callable) -> bool:
             got = got.item()
         if isinstance(got, bool) or not isinstance(got, (int, float)) \
                 or not any(math.isclose(got, s, abs_tol=1e-6) for s in IMG2IMG_STRENGTHS):
-            return not_yet(f"for edit = {edit!r} your function returned {got!r}.",
-                           f"return one of the strengths {', '.join(f'{s:g}' for s in IMG2IMG_STRENGTHS)}.")
+            return not_yet(tr("for {name} = {value!r} your function returned {got!r}.", name="edit", value=edit, got=got),
+                           tr("return one of the strengths {strengths}.",
+                              strengths=", ".join(f"{s:g}" for s in IMG2IMG_STRENGTHS)))
         predictions[edit] = next(s for s in IMG2IMG_STRENGTHS if math.isclose(got, s, abs_tol=1e-6))
     for edit, strength in predictions.items():
         prompt, attribute, value = IMG2IMG_EDITS[edit]
@@ -208,17 +214,20 @@ def check_img2img_prediction(fn: Callable) -> bool:
         total = 8
         if counts[-1] < IMG2IMG_MOST:
             return not_yet(
-                f"{edit}: at strength {strength:g} the judge reads {value!r} in only {counts[-1]} of the {total} "
-                f"pictures of \"{prompt}\" (at least {IMG2IMG_MOST} are needed).",
-                f"strength {strength:g} starts the loop at {_first_step_run(strength)}: too much of the red "
-                f"circle is still there for the prompt to change this. Predict a larger strength.")
+                tr("{edit}: at strength {strength:g} the judge reads {value!r} in only {read} of the {total} pictures "
+                   "of \"{prompt}\" (at least {most} are needed).", edit=edit, strength=strength, value=value,
+                   read=counts[-1], total=total, prompt=prompt, most=IMG2IMG_MOST),
+                tr("strength {strength:g} starts the loop at {start}: too much of the red circle is still there for "
+                   "the prompt to change this. Predict a larger strength.", strength=strength,
+                   start=_first_step_run(strength)))
         if len(counts) == 2 and counts[0] >= IMG2IMG_MOST:
             below = IMG2IMG_STRENGTHS[index - 1]
             return not_yet(
-                f"{edit}: already at strength {below:g} the judge reads {value!r} in {counts[0]} of the {total} "
-                f"pictures of \"{prompt}\".",
-                f"strength {below:g} starts at {_first_step_run(below)}, and that is enough noise for this edit. "
-                f"Which differences does noise hide first: those carried by a few cells of the 8 x 8 latent, or "
-                f"those spread over many?")
-    return correct("at each strength you predicted most of the 8 pictures show the new shape, colour or size, and "
-                   "at the strength below they do not.")
+                tr("{edit}: already at strength {below:g} the judge reads {value!r} in {read} of the {total} pictures "
+                   "of \"{prompt}\".", edit=edit, below=below, value=value, read=counts[0], total=total,
+                   prompt=prompt),
+                tr("strength {below:g} starts at {start}, and that is enough noise for this edit. Which differences "
+                   "does noise hide first: those carried by a few cells of the 8 x 8 latent, or those spread over "
+                   "many?", below=below, start=_first_step_run(below)))
+    return correct(tr("at each strength you predicted most of the 8 pictures show the new shape, colour or size, and "
+                      "at the strength below they do not."))
