@@ -69,7 +69,8 @@ app: $(STAMP)
 
 # Everything, before a commit or a release: every unit test, the slow ones too (trainings, the
 # quality targets of the shipped models, nbgrader, DDP, the browser test driving lessons 05, 08 and
-# the app in Chromium), then every notebook executed top to bottom by nbval.
+# the app in Chromium, and the Chinese lesson 01 and app), then every notebook executed top to
+# bottom by nbval (notebooks/zh/ included).
 test: $(STAMP)
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
 

@@ -1,4 +1,5 @@
-"""The widgets in a real browser: lessons 05 and 08 in JupyterLab, and the Voilà guidance explorer.
+"""The widgets in a real browser: lessons 05 and 08 in JupyterLab, and the Voilà guidance explorer;
+the Chinese lesson 01 (notebooks/zh/) in JupyterLab and the Chinese explorer (app/zh/) in Voilà.
 
 JupyterLab (with a random token) and Voilà are started on 127.0.0.1, on copies of the notebooks
 with their outputs cleared, so the committed notebooks are never written to. Debian's Chromium
@@ -7,15 +8,18 @@ Playwright for Python through ``executable_path``: Playwright's own browsers are
 
 Each lesson is run as a learner runs it (Run > Run All Cells); then the guidance slider is moved
 with the arrow keys on its handle, and the test checks that the picture changed and that no
-error appeared. The Voilà page must show the explorer and no code. The three runs are started
-together by one fixture (their kernels run on one thread each), and each test then waits for its
-own page: the module takes about as long as lesson 05 alone (on a busy 2-core CPU about 95 s,
-170 s when lesson 05's guidance sweeps are not yet in artifacts/cache/, which the run fills).
+error appeared. The Voilà page must show the explorer and no code. In Chinese, the lesson's heading
+and its checks' verdicts, and the explorer's labels (引导系数 on the slider), must be Chinese. The
+five runs are started together by one fixture (their kernels run on one thread each), and each test
+then waits for its own page: the module takes about as long as lesson 05 alone (on a busy 2-core CPU
+about 95 s for the three English runs, 170 s when lesson 05's guidance sweeps are not yet in
+artifacts/cache/, which the run fills; all five runs 198 s at a load of 6 to 15, sweeps cached).
 
 Screenshots go to ``artifacts/browser/`` (git-ignored): ``<name>.png`` (the widget after the
 move), ``<name>-image-before.png`` and ``-after.png``; on a failure ``<name>-failure.png`` (the
-whole page) and ``<name>-console.txt`` (the browser console), beside ``jupyterlab.log`` and
-``voila.log``. The whole module is skipped, saying why, where Chromium or Playwright is missing.
+whole page) and ``<name>-console.txt`` (the browser console), beside ``jupyterlab.log``,
+``voila.log`` and ``voila_zh.log``. The whole module is skipped, saying why, where Chromium or
+Playwright is missing.
 """
 
 import contextlib
@@ -38,9 +42,11 @@ pytestmark = pytest.mark.slow  # starts JupyterLab and Voila and drives Chromium
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 APP = ROOT / "app" / "guidance_explorer.ipynb"
+APP_ZH = ROOT / "app" / "zh" / "guidance_explorer.ipynb"
 ARTIFACTS = ROOT / "artifacts" / "browser"
 LESSON_05 = "05_classifier_free_guidance.ipynb"
 LESSON_08 = "08_stable_diffusion_pipeline.ipynb"
+LESSON_01_ZH = "zh/01_forward_diffusion.ipynb"   # under notebooks/, as JupyterLab's path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
@@ -63,6 +69,10 @@ EXPLORER_SLIDER = ".course-guidance-slider"
 EXPLORER_IMAGE = ".course-guidance-image"
 EXPLORER_ERROR = ".course-guidance-error"     # the explorer shows a failure as a status line, with this class
 EXPLORER_STATUS = ".course-guidance-status"
+# Lesson 01's slider noises the digits to any t (its label is the symbol t in both languages)
+LESSON_01_SLIDER = ".widget-slider:has(> label.widget-label:text-is('t'))"
+LESSON_01_IMAGE = ".widget-vbox:has(.widget-slider) img.widget-image"
+CHINESE = re.compile(r"[\u4e00-\u9fff]")
 
 # JupyterLab shows an error output as stderr; a widget that fails to render says so in its output.
 FIND_ERRORS_JS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
@@ -168,14 +178,15 @@ def _lab_settings(folder: Path) -> None:
         path.write_text(json.dumps(values))
 
 
-def _start_servers(servers: dict, tmp: Path, lab: bool, voila: bool) -> None:
-    """Start JupyterLab on cleared copies of lessons 05 and 08 and Voilà on a cleared copy of the
-    app, into ``servers`` (so that the caller stops whatever started, even after a failure)."""
+def _start_servers(servers: dict, tmp: Path, lab: bool, voila: set) -> None:
+    """Start JupyterLab on cleared copies of lessons 05, 08 and the Chinese 01, and a Voilà on a
+    cleared copy of each app named in ``voila`` ("voila", "voila_zh"), into ``servers`` (so that the
+    caller stops whatever started, even after a failure)."""
     env = _server_env(tmp)
     if lab:
         root = tmp / "notebooks"
-        root.mkdir()
-        for name in (LESSON_05, LESSON_08):
+        (root / "zh").mkdir(parents=True)
+        for name in (LESSON_05, LESSON_08, LESSON_01_ZH):
             if (NOTEBOOKS / name).is_file():
                 _cleared_copy(NOTEBOOKS / name, root / name)
         _lab_settings(tmp / "lab-settings")
@@ -186,15 +197,17 @@ def _start_servers(servers: dict, tmp: Path, lab: bool, voila: bool) -> None:
             f"--LabApp.user_settings_dir={tmp / 'lab-settings'}", f"--LabApp.workspaces_dir={tmp / 'lab-workspaces'}",
             "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ], port, ARTIFACTS / "jupyterlab.log", root, env, token)
-    if voila and APP.is_file():
-        app_copy = tmp / "app" / APP.name
+    for name, app in APPS.items():
+        if name not in voila or not app.is_file():
+            continue
+        app_copy = tmp / name / app.name
         app_copy.parent.mkdir()
-        _cleared_copy(APP, app_copy)
+        _cleared_copy(app, app_copy)
         port = _free_port()
-        servers["voila"] = Server("Voilà", [
+        servers[name] = Server(f"Voilà ({app.relative_to(ROOT)})", [
             sys.executable, "-m", "voila", str(app_copy), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
             "--show_tracebacks=True",
-        ], port, ARTIFACTS / "voila.log", app_copy.parent, env)
+        ], port, ARTIFACTS / f"{name}.log", app_copy.parent, env)
 
 
 # ------------------------------------------------------------------------------------------ pages
@@ -238,37 +251,42 @@ def _open_and_run_all(page, lab: Server, notebook: str, workspace: str) -> None:
 
 # the run each test looks at
 RUN_OF_TEST = {"test_lesson_05_guidance_slider": "lesson05", "test_lesson_08_guidance_explorer": "lesson08",
-               "test_voila_guidance_explorer": "voila"}
+               "test_voila_guidance_explorer": "voila", "test_zh_lesson_01_in_chinese": "lesson01_zh",
+               "test_zh_voila_guidance_explorer_in_chinese": "voila_zh"}
+LESSONS = {"lesson05": LESSON_05, "lesson08": LESSON_08, "lesson01_zh": LESSON_01_ZH}
+APPS = {"voila": APP, "voila_zh": APP_ZH}
 
 
 @pytest.fixture(scope="module")
 def runs(request, tmp_path_factory):
-    """JupyterLab and Voilà started together; lessons 05 and 08 and the Voilà page set running
-    together, each in a page of its own (only those of the selected tests). The tests then wait
-    for their page."""
+    """JupyterLab and the Voilàs started together; lessons 05, 08 and the Chinese 01 and the Voilà
+    pages set running together, each in a page of its own (only those of the selected tests). The
+    tests then wait for their page."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # getattr: the session also holds nbval's notebook cells, which have no originalname
     selected = {RUN_OF_TEST.get(getattr(item, "originalname", None)) for item in request.session.items}
     servers, runs, playwright = {}, {}, None
     try:
         _start_servers(servers, tmp_path_factory.mktemp("browser"),
-                       lab=bool(selected & {"lesson05", "lesson08"}), voila="voila" in selected)
+                       lab=bool(selected & set(LESSONS)), voila=selected & set(APPS))
         playwright = sync_api.sync_playwright().start()
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-        for name, notebook in (("lesson05", LESSON_05), ("lesson08", LESSON_08)):
+        for name, notebook in LESSONS.items():
             if name in selected and (NOTEBOOKS / notebook).is_file():
                 runs[name] = Run(browser, name, servers["lab"])
                 try:
                     _open_and_run_all(runs[name].page, servers["lab"].wait_ready(), notebook, name)
                 except Exception as error:  # raised in its test, with the screenshot
                     runs[name].error = error
-        if "voila" in servers:
-            runs["voila"] = Run(browser, "voila", servers["voila"])
+        for name in APPS:
+            if name not in servers:
+                continue
+            runs[name] = Run(browser, name, servers[name])
             try:  # Voilà runs the notebook when the page is asked for: ask now, look in the test
-                runs["voila"].page.goto(f"http://127.0.0.1:{servers['voila'].wait_ready().port}/",
-                                        wait_until="commit", timeout=SERVER_START_S * 1000)
+                runs[name].page.goto(f"http://127.0.0.1:{servers[name].wait_ready().port}/",
+                                     wait_until="commit", timeout=SERVER_START_S * 1000)
             except Exception as error:
-                runs["voila"].error = error
+                runs[name].error = error
         yield runs
     finally:
         for run in runs.values():
@@ -362,18 +380,60 @@ def test_lesson_08_guidance_explorer(runs):
         _assert_no_errors(page, LESSON_08)
 
 
+def _wait_for_voila_explorer(run: Run, page) -> str:
+    """Wait for the explorer on the Voilà page; check that the page shows no error and no code;
+    return the page's text."""
+    try:
+        page.locator(EXPLORER_IMAGE).wait_for(timeout=RUN_S * 1000)
+    except sync_api.TimeoutError:
+        raise AssertionError(f"the explorer did not appear in Voilà; its log:\n{run.server.log_tail()}") from None
+    text = page.locator("body").inner_text()
+    assert "There was an error" not in text and "Traceback" not in text, f"Voilà shows an error:\n{text[:3000]}"
+    # Voilà shows the outputs and the Markdown only: no code cell, no line of the notebook's code
+    code = page.locator(".jp-CodeCell .jp-InputArea, .jp-CodeMirrorEditor, .cm-editor, .jp-InputPrompt")
+    assert code.count() == 0, f"Voilà shows {code.count()} code cell elements"
+    assert "guidance_explorer(" not in text and "import " not in text, "Voilà shows the notebook's code"
+    return text
+
+
 def test_voila_guidance_explorer(runs):
     run = _run(runs, "voila", f"{APP.relative_to(ROOT)} does not exist")
     with run.artifacts_on_failure() as page:
-        try:
-            page.locator(EXPLORER_IMAGE).wait_for(timeout=RUN_S * 1000)
-        except sync_api.TimeoutError:
-            raise AssertionError(f"the explorer did not appear in Voilà; its log:\n{run.server.log_tail()}") from None
-        text = page.locator("body").inner_text()
-        assert "There was an error" not in text and "Traceback" not in text, f"Voilà shows an error:\n{text[:3000]}"
-        # Voilà shows the outputs and the Markdown only: no code cell, no line of the notebook's code
-        code = page.locator(".jp-CodeCell .jp-InputArea, .jp-CodeMirrorEditor, .cm-editor, .jp-InputPrompt")
-        assert code.count() == 0, f"Voilà shows {code.count()} code cell elements"
-        assert "guidance_explorer(" not in text and "import " not in text, "Voilà shows the notebook's code"
+        _wait_for_voila_explorer(run, page)
         _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "voila")
         _assert_no_errors(page, "the Voilà explorer")
+
+
+def test_zh_lesson_01_in_chinese(runs):
+    """The Chinese lesson 01 runs in JupyterLab: a Chinese heading, its slider noises the digits,
+    and its checks give their verdicts in Chinese (✅ 正确), none in English."""
+    run = _run(runs, "lesson01_zh", f"notebooks/{LESSON_01_ZH} does not exist")
+    with run.artifacts_on_failure() as page:
+        _wait_for_run_all(page, LESSON_01_ZH)
+        heading = page.locator(".jp-MarkdownOutput h1").first.inner_text()
+        assert "前向过程" in heading, f"the Chinese lesson 01's heading is {heading!r}, expected 前向过程 in it"
+        _check_slider_changes_picture(page, LESSON_01_SLIDER, LESSON_01_IMAGE,
+                                      f".jp-OutputArea-output:has({LESSON_01_IMAGE})", "lesson01_zh")
+        outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+        verdicts = [text.strip() for text in outputs if text.strip() and text.strip()[0] in "✅❌⏳"]
+        assert any(v.startswith("✅ 正确") for v in verdicts), f"no '✅ 正确' verdict in the Chinese lesson 01: {verdicts}"
+        english = [v for v in verdicts if not CHINESE.search(v) or re.match(r"\W*(Correct|Not yet|Not done)", v)]
+        assert not english, f"verdicts in English in the Chinese lesson 01: {english}"
+        _assert_no_errors(page, LESSON_01_ZH)
+
+
+def test_zh_voila_guidance_explorer_in_chinese(runs):
+    """The Chinese explorer under Voilà: Chinese labels (引导系数 on the slider), and the slider
+    changes the picture and the Chinese status line."""
+    run = _run(runs, "voila_zh", f"{APP_ZH.relative_to(ROOT)} does not exist")
+    with run.artifacts_on_failure() as page:
+        _wait_for_voila_explorer(run, page)
+        label = page.locator(f"{EXPLORER_SLIDER} label.widget-label").inner_text().strip()
+        assert label == "引导系数", f"the explorer's slider is labelled {label!r}, expected 引导系数"
+        explorer = page.locator(EXPLORER).inner_text()
+        for english in ("guidance scale", "negative prompt", "Generate"):
+            assert english not in explorer, f"the Chinese explorer shows {english!r}:\n{explorer[:2000]}"
+        _check_slider_changes_picture(page, EXPLORER_SLIDER, EXPLORER_IMAGE, EXPLORER, "voila_zh")
+        # the status line names the scale shown: "引导系数 <scale> · <how it was sampled>"
+        sync_api.expect(page.locator(EXPLORER_STATUS)).to_have_text(re.compile(r"^引导系数 \S+ · .*[\u4e00-\u9fff]"))
+        _assert_no_errors(page, "the Chinese Voilà explorer")
