@@ -8,7 +8,7 @@
         [--threads N] (--out grid.png | --out-dir DIR)
     python -m course_lib generate --model mini-sd --prompt "a large red circle in the center"
         [--negative-prompt TEXT] [--guidance-scale 7.5] [--steps 50] [--sampler ddim|ddpm|euler|dpmsolver]
-        [--seed 0] [--num-images 16] [--height 64 --width 64] [--device auto] [--threads N]
+        [--seed 0] [--num-images 16] [--height 64 --width 64] [--lora orange|PATH] [--device auto] [--threads N]
         (--out grid.png | --out-dir DIR)
 
 Every error prints one line, ``error: <path>: <what is wrong> — <what to do>`` (no path part when
@@ -38,6 +38,7 @@ from .checks import check_choice, check_int_range, check_number, check_output_fi
 from .files import atomic_write
 from .guidance import cfg_denoiser, classifier_guided_denoiser
 from .limits import check_sampling_request
+from .lora import adapter_path
 from .nn.unet import UNetConfig
 from .nn.vae import VAEConfig
 from .pipeline import StableDiffusion
@@ -176,6 +177,9 @@ def _check_generate_args(args) -> None:
         return
     if args.prompt is not None or args.negative_prompt is not None:
         raise ValueError("--prompt and --negative-prompt are for --model mini-sd; the digits model takes --label.")
+    if args.lora is not None:
+        raise ValueError("--lora is for --model mini-sd: its adapters (lesson 11) adapt the mini Stable Diffusion's "
+                         "UNet and text encoder. Leave it out for the digits model.")
     if args.height is not None or args.width is not None:
         raise ValueError("--height and --width are for --model mini-sd; the digits model makes 16x16 images.")
     if args.guidance == "none":
@@ -208,6 +212,8 @@ def _check_mini_sd_args(args) -> None:
     for value, name in ((args.height, "--height"), (args.width, "--width")):
         if value is not None:
             check_int_range(value, name, 8, 4096, hint="The mini Stable Diffusion was trained on 64x64 images.")
+    if args.lora is not None:  # an unknown name fails now, listing the adapters there, before any model loads
+        adapter_path(args.lora, args.checkpoint_dir)
 
 
 def _save_image(image, path: Path) -> None:
@@ -233,6 +239,8 @@ def _generate_mini_sd(args, device: torch.device) -> int:
     """--model mini-sd: the course's StableDiffusion pipeline (lesson 08) on the mini SD checkpoints."""
     pipe = StableDiffusion.from_course("mini-sd", directory=args.checkpoint_dir, device=device)
     pipe.set_progress_bar_config(disable=args.no_progress)
+    if args.lora is not None:  # a name ("orange") in the checkpoint folder, or a path; an unknown name lists them
+        pipe.load_lora(args.lora)
     if args.guidance == "none":
         scale = 1.0  # the conditional model alone
     else:
@@ -251,8 +259,9 @@ def _generate_mini_sd(args, device: torch.device) -> int:
     path = _save_images(args, images, scale=max(1, DISPLAY_SIZE // max(images.shape[-2:])))
     guidance = "no guidance" if scale <= 1 else f"guidance scale {scale:g}"
     negative = f", negative prompt {args.negative_prompt!r}" if args.negative_prompt else ""
+    adapter = f" with the LoRA adapter {pipe.lora.name!r}" if pipe.lora is not None else ""
     where = path if args.out is not None else f"{path}/000.png ... {args.num_images - 1:03d}.png"
-    print(f"wrote {where} ({args.num_images} images of {args.prompt!r} from mini-sd{negative}, {guidance}, "
+    print(f"wrote {where} ({args.num_images} images of {args.prompt!r} from mini-sd{adapter}{negative}, {guidance}, "
           f"{args.sampler} with {args.steps} steps)")
     return 0
 
@@ -383,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "mini-sd); classifier: lambda, 0 = no guidance (default 5)")
     generate.add_argument("--prompt", help="text prompt (--model mini-sd)")
     generate.add_argument("--negative-prompt", help="negative prompt (--model mini-sd)")
+    generate.add_argument("--lora", help="a LoRA adapter for --model mini-sd: a name in the checkpoint folder "
+                                         "(orange: the word 'orange', lesson 11) or an adapter's path")
     generate.add_argument("--height", type=int, help="image height in pixels (--model mini-sd; default: 64)")
     generate.add_argument("--width", type=int, help="image width in pixels (--model mini-sd; default: 64)")
     generate.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")

@@ -20,6 +20,9 @@ picture's latent z_0 into a z_T from which DDIM with the same prompt and guidanc
 picture again; sampling from that z_T with another prompt edits it (Mokady et al. 2023,
 "Null-text inversion", section 3; Song et al. 2021, section 4.3).
 
+The loop itself is the pipeline's one loop: ``StableDiffusion.invert`` runs ``run_loop`` over the
+timesteps in ascending order with :func:`ddim_inverse_step` as its step.
+
 Notation (code name -> symbol):
 
     t, prev_t          t and t' = t - T/n, the timestep DDIM steps to from t (t' < 0: the end, ᾱ_final)
@@ -34,11 +37,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .checks import check_floating, check_number, check_shape
-from .guidance import cfg
+from .captions import COLORS, POSITIONS, SHAPES, shape_caption
+from .checks import check_choice, check_floating, check_int_range, check_shape
+from .pixels import from_uint8
 from .samplers import DDIMSampler
 
-__all__ = ["ddim_inverse_step", "ddim_invert", "drawn_pictures", "DRAWN_SHAPES"]
+__all__ = ["ddim_inverse_step", "drawn_pictures", "drawn_prompts", "DRAWN_SHAPES"]
 
 
 def _alpha_bars(sampler: DDIMSampler, t) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -77,56 +81,6 @@ def ddim_inverse_step(model_output: torch.Tensor, t, sample: torch.Tensor, sampl
     return (alpha_bar_t ** 0.5 * pred_x0 + (1 - alpha_bar_t) ** 0.5 * model_output).to(sample.dtype)
 
 
-@torch.no_grad()
-def ddim_invert(unet, latents: torch.Tensor, prompt_embeds: torch.Tensor, sampler: DDIMSampler,
-                guidance_scale: float = 1.0, negative_prompt_embeds: torch.Tensor | None = None,
-                callback=None) -> torch.Tensor:
-    """Run DDIM backwards from the picture's latent z_0 up to z_T (the inverse of the sampling loop).
-
-    For each timestep of the grid from low to high: ε = ε_θ(z, t, c) at the current z (with
-    classifier-free guidance when guidance_scale > 1), then ``ddim_inverse_step``.
-
-    :param unet: the UNet, called as ``unet(z, t, encoder_hidden_states=c)``
-    :param latents: z_0 = s E(x), (B, C_z, h, w) (scaled as the UNet sees latents)
-    :param prompt_embeds: c, (B, L, D), the text states of the prompt that describes the pictures
-    :param sampler: a DDIM sampler (eta = 0) after ``set_timesteps(n)``; sampling with the same n
-        from the result retraces the path
-    :param guidance_scale: λ; 1 (the default and the usual choice) uses the conditional ε alone
-    :param negative_prompt_embeds: c_uncond (B, L, D) for guidance_scale > 1 (the empty prompt's states)
-    :param callback: called as ``callback(i, t, latents)`` after each inverse step
-    :return: z_T, (B, C_z, h, w)
-    """
-    guidance_scale = check_number(guidance_scale, "guidance_scale", minimum=0.0,
-                                  hint="1 = the conditional model alone (the usual choice for inversion).")
-    check_floating(latents, "latents")
-    if latents.ndim != 4:
-        raise ValueError(f"latents has shape {tuple(latents.shape)}, expected (B, C, h, w): the picture's latent "
-                         f"z_0 = s E(x).")
-    if prompt_embeds.shape[0] != latents.shape[0]:
-        raise ValueError(f"Got {latents.shape[0]} latents but {prompt_embeds.shape[0]} prompt states; give one "
-                         f"prompt per picture.")
-    do_cfg = guidance_scale > 1
-    if do_cfg:
-        if negative_prompt_embeds is None or negative_prompt_embeds.shape != prompt_embeds.shape:
-            raise ValueError("guidance_scale > 1 needs negative_prompt_embeds of the prompt states' shape (the "
-                             "empty prompt's states, from pipe.encode_prompt). Or invert at guidance_scale = 1.")
-        states = torch.cat([negative_prompt_embeds, prompt_embeds])
-    else:
-        states = prompt_embeds
-    z = latents
-    for i, t in enumerate(reversed(sampler.timesteps)):  # low to high: t = 1, 21, ..., 981 for n = 50
-        model_input = torch.cat([z, z]) if do_cfg else z
-        # ε ≈ ε_θ(z_{t'}, t, c): the current point stands in for the unknown z_t
-        eps = unet(model_input, t.to(z.device), encoder_hidden_states=states)
-        if do_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = cfg(eps_uncond, eps_cond, guidance_scale)
-        z = ddim_inverse_step(eps, t, z, sampler)
-        if callback is not None:
-            callback(i, t, z)
-    return z
-
-
 # ---------------------------------------------------------------------------------------------
 # Pictures the course did not generate
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +107,6 @@ def drawn_pictures(num_images: int, seed: int = 0, shapes=DRAWN_SHAPES) -> tuple
         "shape" is "ring" or "plus" for those, which the world has no word for)
     """
     from PIL import Image, ImageDraw
-
-    from .captions import COLORS, POSITIONS
-    from .checks import check_choice, check_int_range
-    from .pixels import from_uint8
 
     check_int_range(num_images, "num_images", 1, 100_000)
     for shape in shapes:
@@ -191,3 +141,13 @@ def drawn_pictures(num_images: int, seed: int = 0, shapes=DRAWN_SHAPES) -> tuple
         attributes.append({"shape": shape, "color": color, "size": "small" if side < 23 else "large",
                            "position": position})
     return from_uint8(np.stack(arrays)).contiguous(), attributes
+
+
+def drawn_prompts(attributes: list[dict]) -> list[str]:
+    """The full caption of each drawn picture ("a small red circle in the top left"); "" (the empty
+    prompt) for a ring or a plus, which the shapes world has no word for.
+
+    :param attributes: what :func:`drawn_pictures` returns beside the images
+    """
+    return [shape_caption(a["shape"], a["color"], a["size"], a["position"]) if a["shape"] in SHAPES else ""
+            for a in attributes]

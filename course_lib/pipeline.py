@@ -17,7 +17,9 @@ diffusers' ``StableDiffusionPipeline.__call__`` in the same order, one readable 
 
 ``img2img`` (SDEdit) differs only in where the loop starts: at z_t = the encoded picture, noised to
 a timestep chosen by ``strength``; ``run_loop`` takes any start, any run of timesteps and any step
-function, so a DDIM inversion (the same loop, timesteps ascending) runs on it too.
+function, so ``invert`` (DDIM inversion, lesson 11) is the same loop with the timesteps ascending
+and the DDIM step run backwards. ``load_lora`` / ``unload_lora`` put a LoRA adapter and its new
+word on the model (lesson 11).
 
 Notation (code name -> symbol):
 
@@ -58,7 +60,9 @@ from tqdm.auto import tqdm
 from .checks import check_choice, check_int_range, check_number, check_shape
 from .checkpoints import checkpoint_dir
 from .guidance import cfg
+from .inversion import ddim_inverse_step
 from .limits import SamplingEstimate, check_sampling_request
+from .lora import LoadedAdapter, load_adapter, unload_adapter
 from .nn.attention import fuse_projections as fuse_attention_projections
 from .nn.text import encode_text, tokenize_prompts
 from .nn.unet import UNet2DConditionModel
@@ -153,6 +157,8 @@ class StableDiffusion:
         self.prediction_type = settings.get("prediction_type", "epsilon")
         self._progress_bar_config: dict = {}
         self.fast: dict | None = None  # what optimize() turned on
+        self.checkpoint_folder: Path | None = None  # where load_lora looks for adapters by name (None: the default)
+        self.lora: LoadedAdapter | None = None  # the adapter load_lora put on, if any
 
     def __repr__(self) -> str:
         return (f"StableDiffusion(unet {self.unet.config.block_out_channels}, latents "
@@ -178,7 +184,9 @@ class StableDiffusion:
         """
         check_choice(name, ("mini-sd",), "course pipeline")
         folder = Path(directory) if directory is not None else checkpoint_dir()
-        return cls(*load_mini_sd(folder)).to(device, dtype)
+        pipe = cls(*load_mini_sd(folder)).to(device, dtype)
+        pipe.checkpoint_folder = folder
+        return pipe
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
@@ -434,20 +442,8 @@ class StableDiffusion:
         strength = check_number(strength, "strength", 0.0)
         if strength > 1:
             raise ValueError(f"strength must be in [0, 1], got {strength}: 0 keeps the image, 1 starts from noise.")
-        checked = {}
-
-        def check(batch_size: int, height: int, width: int) -> None:  # runs before the image is converted
-            prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
-                                                guidance_scale, sampler, generator, None, 1, output_type, None)
-            if len(scales) != 1:
-                raise ValueError("img2img takes one guidance_scale, not a list. Call it once per scale.")
-            if len(prompts) not in (1, batch_size):
-                raise ValueError(f"Got {batch_size} images and {len(prompts)} prompts. Pass one prompt for all, "
-                                 f"or one per image.")
-            self.check_resources(batch_size, height, width, scales[0] > 1, encode=True)
-            checked.update(prompts=prompts * (batch_size // len(prompts)), scales=scales)
-
-        images = _image_batch(image, check)
+        images, prompts, scales = self._image_inputs(image, prompt, negative_prompt, num_inference_steps,
+                                                     guidance_scale, sampler, generator, output_type)
 
         # 1. the timesteps: only the last k = int(n * strength) of the grid are run
         sampler = self.make_sampler(sampler)
@@ -467,8 +463,96 @@ class StableDiffusion:
         latents = sampler.add_noise(latents, noise, timesteps[0])
 
         # 4. the end of the denoising loop, from z_t
-        return self.run_loop(latents, checked["prompts"], negative_prompt, checked["scales"], sampler, timesteps,
+        return self.run_loop(latents, prompts, negative_prompt, scales, sampler, timesteps,
                              generator=generator, output_type=output_type, desc=f"{sampler.name} img2img")
+
+    def _image_inputs(self, image, prompt, negative_prompt, num_inference_steps, guidance_scale, sampler, generator,
+                      output_type, callback=None) -> tuple[torch.Tensor, list[str], list[float]]:
+        """The checks of a loop that starts from pictures (img2img, invert), before any work.
+
+        :return: (images (B, 3, H, W) float in [-1, 1], B prompts (one given is repeated), [guidance scale])
+        """
+        checked = {}
+
+        def check(batch_size: int, height: int, width: int) -> None:  # runs before the image is converted
+            prompts, scales = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps,
+                                                guidance_scale, sampler, generator, None, 1, output_type, callback)
+            if len(scales) != 1:
+                raise ValueError("Give one guidance_scale for pictures, not a list. Call it once per scale.")
+            if len(prompts) not in (1, batch_size):
+                raise ValueError(f"Got {batch_size} images and {len(prompts)} prompts. Pass one prompt for all, "
+                                 f"or one per image.")
+            self.check_resources(batch_size, height, width, scales[0] > 1, encode=True)
+            checked.update(prompts=prompts * (batch_size // len(prompts)), scales=scales)
+
+        images = _image_batch(image, check)
+        return images, checked["prompts"], checked["scales"]
+
+    @torch.no_grad()
+    def invert(self, image, prompt, num_inference_steps: int = 50, guidance_scale: float = 1.0, negative_prompt=None,
+               callback=None) -> torch.Tensor:
+        """DDIM inversion (lesson 11): the z_T from which DDIM (eta = 0) with this prompt draws the picture.
+
+        The same loop as sampling (``run_loop``), over the same timesteps in ascending order, with the
+        DDIM update run backwards (``inversion.ddim_inverse_step``):
+
+            z_0 = s mean(E(x))                                 the picture's latent (no sampling noise)
+            for t = t_1 < t_2 < ... < t_n:  ε ≈ ε_θ(z_{t'}, t, c)   (the point we have stands in for z_t)
+                z_t = sqrt(ᾱ_t) x̂_0 + sqrt(1 - ᾱ_t) ε,   x̂_0 = (z_{t'} - sqrt(1 - ᾱ_{t'}) ε) / sqrt(ᾱ_{t'})
+
+        ``pipe(prompt, latents=z_T, num_inference_steps=n, guidance_scale=λ)`` (DDIM) then draws the
+        picture back, up to the approximation and the VAE's round trip; with another prompt it edits it.
+
+        :param image: as in :meth:`img2img` (PIL images, uint8 pixels, or floats (B, 3, H, W) in [-1, 1])
+        :param prompt: one prompt, or one per image: what the pictures show ("" when no caption fits)
+        :param num_inference_steps: n; sample from z_T with the same n
+        :param guidance_scale: λ; 1 (the default) inverts the conditional model alone, which is what
+            reconstructs best (guidance makes ε̃ change faster along the path)
+        :param negative_prompt: the unconditional branch's prompt when guidance_scale > 1
+        :param callback: ``callback(i, t, latents)`` after each inverse step
+        :return: z_T, (B, C_z, H/f, W/f), in the UNet's dtype
+        """
+        images, prompts, scales = self._image_inputs(image, prompt, negative_prompt, num_inference_steps,
+                                                     guidance_scale, "ddim", None, "latent", callback)
+        sampler = self.make_sampler("ddim")  # eta = 0: the one sampler that is a one-to-one map
+        sampler.set_timesteps(num_inference_steps)
+        # z_0 = s * the posterior mean of q(z | x): the picture's latent, deterministic
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images.to(device=self.device, dtype=vae_dtype))
+        latents = (posterior.mean * self.vae.config.scaling_factor).to(self.dtype)
+        # the sampling loop over the timesteps low to high (1, 21, ..., 981 for n = 50), each step undone
+        return self.run_loop(latents, prompts, negative_prompt, scales, sampler, sampler.timesteps.flip(0),
+                             callback=callback, output_type="latent", desc="ddim inversion",
+                             step=lambda noise_pred, t, z: ddim_inverse_step(noise_pred, t, z, sampler))
+
+    # ------------------------------------------------------------------------------ LoRA adapters
+    def load_lora(self, name_or_path: str | os.PathLike = "orange", folder: str | os.PathLike | None = None
+                  ) -> LoadedAdapter:
+        """Put a LoRA adapter on the UNet, and its new word in the tokenizer and text encoder (lesson 11).
+
+        ``pipe.load_lora("orange")`` loads the adapter ``shapes-lora-orange`` of the checkpoint folder
+        (the one ``from_course`` read, else $COURSE_CHECKPOINT_DIR or data/checkpoints); a path loads
+        that file. Afterwards prompts may use the word; ``unload_lora()`` restores the model exactly.
+
+        :param name_or_path: a word with an adapter in the folder ("orange"), or an adapter's path
+        :param folder: where to look for a name (default: see above)
+        :return: the loaded adapter (``course_lib.lora.LoadedAdapter``), also kept as ``pipe.lora``
+        :raises ValueError: an unknown name (the message lists the adapters there), an adapter that
+            does not fit this model, a second adapter, or a UNet in the fast mode (fused projections)
+        """
+        if self.lora is not None:
+            raise ValueError(f"The adapter {self.lora.name!r} is already loaded. Call pipe.unload_lora() first.")
+        loaded = load_adapter(self.unet, self.tokenizer, self.text_encoder, name_or_path,
+                              folder=self.checkpoint_folder if folder is None else folder)
+        self.tokenizer, self.lora = loaded.tokenizer, loaded
+        return loaded
+
+    def unload_lora(self) -> None:
+        """Take the adapter of :meth:`load_lora` off: the UNet, text encoder and tokenizer as before."""
+        if self.lora is None:
+            raise ValueError("No LoRA adapter is loaded: nothing to unload. Load one with pipe.load_lora('orange').")
+        self.tokenizer = unload_adapter(self.unet, self.text_encoder, self.lora)
+        self.lora = None
 
     @torch.no_grad()
     def run_loop(self, latents: torch.Tensor, prompts: list[str], negative_prompt, scales: list[float],

@@ -590,23 +590,6 @@ def test_call_is_prepare_latents_then_run_loop_with_any_step(pipe):
     assert seen == sampler.timesteps.flip(0).tolist()
 
 
-def test_run_loop_with_the_inverse_ddim_step_is_ddim_inversion(pipe):
-    """What a DDIM inversion on the pipeline's loop looks like: timesteps ascending, the DDIM step run
-    backwards as the step function; it equals course_lib.inversion's own loop."""
-    from course_lib.inversion import ddim_inverse_step, ddim_invert
-
-    sampler = pipe.make_sampler("ddim")
-    sampler.set_timesteps(4)
-    z0 = noise(pipe, 2, seed=5)
-    prompts = ["a red circle", "a blue square"]
-    for scale in (1.0, 3.0):
-        on_the_loop = pipe.run_loop(z0, prompts, None, [scale], sampler, sampler.timesteps.flip(0),
-                                    step=lambda eps, t, z: ddim_inverse_step(eps, t, z, sampler))
-        embeds, negative = pipe.encode_prompt(prompts, do_cfg=scale > 1)
-        alone = ddim_invert(pipe.unet, z0, embeds, sampler, guidance_scale=scale, negative_prompt_embeds=negative)
-        assert torch.equal(on_the_loop, alone), scale
-
-
 def test_img2img_takes_uint8_pixels_and_refuses_values_outside_the_range(pipe):
     from PIL import Image
 
