@@ -251,6 +251,8 @@ ALL_CHECKS = [
     (exercises.check_euler_step, 4),  # lesson 09
     (exercises.check_img2img_timesteps, 2),
     (exercises.check_img2img_prediction, 1),
+    (exercises.check_lora_weight, 4),  # lesson 11
+    (exercises.check_ddim_inverse_step, 4),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-09).
+"""Self-grading exercises: checks of a learner's functions against course_lib (lessons 01-11).
 
 In each exercise the learner writes a function between nbgrader's ``### BEGIN SOLUTION`` and
 ``### END SOLUTION`` markers, and the next cell checks it:
@@ -79,11 +79,15 @@ check                            the learner's function                         
 ``check_img2img_prediction``     fn(edit) -> the strength at which img2img      09
                                  changes a shape, a colour or a size: predict,
                                  then run
+``check_lora_weight``            fn(weight, lora_A, lora_B, alpha) -> the        11
+                                 adapted weight W + (α/r)·B·A
+``check_ddim_inverse_step``      fn(z_prev, eps, alpha_bar_t, alpha_bar_prev)   11
+                                 -> z_t, DDIM's step (η = 0) run backwards
 ===============================  =============================================  ======
 
 The package holds the grading engine (:mod:`.grading`: running the learner's function, comparing,
 every verdict's wording) and one module per lesson with that lesson's checks
-(:mod:`.lesson01` ... :mod:`.lesson09`). Notebooks import
+(:mod:`.lesson01` ... :mod:`.lesson11`). Notebooks import
 the package and call ``exercises.check_...``; every check is re-exported here.
 """
 
@@ -96,6 +100,7 @@ from .lesson06 import check_kl_diagonal_gaussian, check_kl_weight_prediction, ch
 from .lesson07 import check_clip_contrastive_loss, check_cross_attention, check_token_state_prediction
 from .lesson08 import check_cyan_scale, check_decode_latents, check_guided_noise
 from .lesson09 import check_euler_step, check_img2img_prediction, check_img2img_timesteps
+from .lesson11 import check_ddim_inverse_step, check_lora_weight
 
 __all__ = [
     "check_q_sample",
@@ -125,4 +130,6 @@ __all__ = [
     "check_euler_step",
     "check_img2img_timesteps",
     "check_img2img_prediction",
+    "check_lora_weight",
+    "check_ddim_inverse_step",
 ]
