@@ -3,11 +3,13 @@ what was expected against what was received.
 
 One cheap check per lesson (no model is loaded), a right answer and a typical mistake each. That every
 message has a Chinese text at all is tests/test_translations.py's job; here the checks are run, so a
-message printed without tr(), or a verdict assembled around an untranslated piece, shows up.
+message printed without tr(), or a verdict assembled around an untranslated piece, shows up. The last
+test does the same for the tokenizer's warnings, which lesson 07 prints.
 """
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -128,3 +130,27 @@ def test_a_stand_in_model_complains_in_chinese_and_the_hint_still_finds_the_caus
     first, second = out.strip().splitlines()
     assert first.startswith("❌ 你的函数抛出了 ValueError：") and CJK.search(first.split("：", 1)[1]), out
     assert second.startswith("   提示：") and hint in second, out
+
+
+def test_the_tokenizers_warnings_speak_the_lessons_language():
+    """Lesson 07 prints what tokenize_prompts warns about a word outside the vocabulary and a prompt too long."""
+    from course_lib.nn.text import build_caption_tokenizer, tokenize_prompts
+
+    tokenizer = build_caption_tokenizer(model_max_length=10)
+    prompts = ["a large purple circle", "a large red circle in the top left and a small blue square in the bottom right"]
+
+    def warned():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tokenize_prompts(tokenizer, prompts)
+        return [str(w.message) for w in caught]
+
+    english = warned()
+    assert [m.split(" ")[:3] for m in english] == [["These", "words", "are"], ["The", "following", "part"]], english
+    course_lib.set_language("zh")
+    try:
+        chinese = warned()
+    finally:
+        course_lib.set_language("en")
+    assert chinese[0].startswith("这些词不在分词器的词表里") and "purple" in chinese[0], chinese
+    assert chinese[1].startswith("输入的以下部分被截断了") and "最多只能处理 10 个词元" in chinese[1], chinese

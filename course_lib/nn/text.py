@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..captions import COLORS, POSITIONS, SHAPES, SIZES, shape_caption
 from ..checks import check_floating, check_int_range
+from ..i18n import tr
 from .config import MAX_LAYERS, MAX_WIDTH, check_parameter_cap
 
 __all__ = [
@@ -221,14 +222,15 @@ def tokenize_prompts(tokenizer, prompts) -> dict:
                 unknown.setdefault(prompt[start:end].lower(), prompt[start:end])
     unknown = list(unknown.values())
     if unknown:
-        warnings.warn(f"These words are not in the tokenizer's vocabulary and became {tokenizer.unk_token}: "
-                      f"{unknown}. The text encoder cannot know what they mean; use words from "
-                      f"the vocabulary (tokenizer.get_vocab()).", stacklevel=2)
+        warnings.warn(tr("These words are not in the tokenizer's vocabulary and became {unk_token}: {words}. The "
+                         "text encoder cannot know what they mean; use words from the vocabulary "
+                         "(tokenizer.get_vocab()).", unk_token=tokenizer.unk_token, words=unknown), stacklevel=2)
     removed = [tokenizer.decode(ids[max_length - 1:-1]) for ids in full["input_ids"] if len(ids) > max_length]
     if removed:
         # the same message as diffusers' StableDiffusionPipeline._encode_prompt
-        warnings.warn(f"The following part of your input was truncated because the text encoder can only "
-                      f"handle sequences up to {max_length} tokens: {removed}", stacklevel=2)
+        warnings.warn(tr("The following part of your input was truncated because the text encoder can only "
+                         "handle sequences up to {max_length} tokens: {removed}", max_length=max_length,
+                         removed=removed), stacklevel=2)
 
     # 2. padded and truncated to L; the post-processor keeps <|endoftext|> as the last real token
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
