@@ -268,6 +268,11 @@ def test_check_terms_wants_the_glossary_term_and_refuses_variants():
     assert "'classifier-free guidance'" in problems[0] and "无分类器引导" in problems[0]
     assert "'无分类器指导' is a refused variant" in problems[1]                          # the longer variant only
     assert "逆向采样 or 逆向过程" in check_terms("two reverse processes", "两个过程", TERMS)[0]
+    # the notes quoted in their own words: a refused variant inside a quotation is theirs, not the translation's
+    quoted = "the notes' words for classifier guidance"
+    assert check_terms(quoted, "笔记的说法：「分类器指导」，即分类器引导", TERMS) == []
+    assert check_terms(quoted, "> 分类器指导\n\n即分类器引导", TERMS) == []
+    assert "分类器指导" in " ".join(check_terms(quoted, "分类器指导，即分类器引导", TERMS))
 
 
 def test_the_course_glossary_has_the_notes_terms():

@@ -82,14 +82,24 @@ def _words(text: str) -> str:
     return re.sub(r"\{[^{}]*\}", " ", prose(text)).replace("*", "")
 
 
+_QUOTED = re.compile(r"「[^」]*」|“[^”]*”|^>.*$", re.MULTILINE)
+
+
+def unquoted(text: str) -> str:
+    """``text`` without its quotations (「…」, “…” and Markdown blockquote lines): a quote of the notes
+    keeps the notes' own words, variants included."""
+    return _QUOTED.sub(" ", text)
+
+
 def check_terms(english: str, translated: str, terms: list[Term]) -> list[str]:
     """What a translation gets wrong in the glossary's terms, one sentence each (empty: nothing).
 
     For every term whose English form occurs in the English prose (code and math left out), the
     translation must contain the Chinese term or an accepted form; it must never contain a
-    refused variant.
+    refused variant outside a quotation (the notes' own words, quoted, stay as they are).
     """
     english_words, translated_words = _words(english), _words(translated)
+    own_words = unquoted(translated)
     problems, refused_found = [], []
     for term in terms:
         match = term.english_pattern().search(english_words)
@@ -97,7 +107,7 @@ def check_terms(english: str, translated: str, terms: list[Term]) -> list[str]:
         if match and not any(form in translated_words for form in accepted):
             problems.append(f"the English says {match.group(0)!r}, the translation has no "
                             f"{' or '.join(accepted)} (glossary)")
-        refused_found += [(refused, term.zh) for refused in term.refuse if refused in translated]
+        refused_found += [(refused, term.zh) for refused in term.refuse if refused in own_words]
     for refused, term in refused_found:
         # 无分类器指导 contains 分类器指导: name the longer variant only
         if not any(refused != longer and refused in longer for longer, _ in refused_found):
