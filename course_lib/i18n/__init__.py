@@ -93,8 +93,9 @@ def get_language() -> str:
 def set_language(code: str) -> str:
     """Make course_lib speak ``code`` (``"zh"`` or ``"en"``) from now on; returns the normalized code.
 
-    In Chinese it also adds a font with Chinese glyphs to matplotlib's font list (after the current
-    one, so Latin letters and mathtext keep their look), and warns when the machine has none.
+    In Chinese it also puts a font with Chinese glyphs first in matplotlib's font list, and warns when
+    the machine has none. First, not after the others as a fallback: in a label that mixes words and
+    $math$ (``"数据：$x_0 \\sim p_0$"``) mathtext draws the words with the first font of the list alone.
     Calling it again re-reads the translation files (after editing one, re-run the cell).
     """
     global _language
@@ -161,7 +162,7 @@ def catalogue(language: str) -> dict[str, str]:
 
 
 def _use_cjk_font() -> None:
-    """Append an installed font with Chinese glyphs to matplotlib's ``font.family`` (font fallback)."""
+    """Put an installed font with Chinese glyphs first in matplotlib's ``font.family`` (see set_language)."""
     try:
         import matplotlib
         from matplotlib import font_manager
@@ -186,9 +187,8 @@ def _use_cjk_font() -> None:
                          "empty boxes. Install one (Debian/Ubuntu: sudo apt-get install fonts-noto-cjk; macOS "
                          "and Windows have one) and restart the kernel."), stacklevel=3)
         return
-    family = list(matplotlib.rcParams["font.family"])
-    if font not in family:
-        matplotlib.rcParams["font.family"] = family + [font]
+    family = [name for name in matplotlib.rcParams["font.family"] if name != font]
+    matplotlib.rcParams["font.family"] = [font] + family
 
 
 if _language == "zh":   # COURSE_LANG=zh: the figures need the Chinese font from the start too
