@@ -1,17 +1,21 @@
-"""Measure the "orange" adapter (or a full fine-tune, or the base model) with the 7-colour judge.
+"""Measure the "orange" adapter (or a whole-UNet fine-tune, or the base model) with the 7-colour judge.
 
-    .venv/bin/python benchmarks/lora_eval.py --model PATH|base [--per-prompt 5] [--sets seen,triangles,six]
+    .venv/bin/python benchmarks/lora_eval.py --model PATH|base [--per-prompt 5] [--sets seen,triangles,six,decoder]
 
 Sets of prompts (all full prompts, "a small orange circle in the top left"), sampled with 50 DDIM
 steps at guidance 7.5 (``--steps``, ``--guidance``), read by the 7-colour judge (shapes-judge7):
 
 - ``seen``: orange circles and squares, 20 prompts x ``--per-prompt`` pictures;
 - ``triangles``: orange triangles (never trained on), 10 prompts x ``--triangle-per-prompt``;
-- ``six``: the 160 six-colour prompts of seen pairs (``metrics.shapes_prompt_grid``), x ``--six-per-prompt``.
+- ``six``: the 160 six-colour prompts of seen pairs (``metrics.shapes_prompt_grid``), x ``--six-per-prompt``;
+- ``decoder``: no sampling: 300 orange pictures of all three shapes (seed 1, never trained on)
+  through the frozen encoder and the (adapted) decoder, z = mu + sigma eps; the judge's colour share.
 
-Each share comes with its 95 % Wilson interval. ``--model`` is an adapter checkpoint (kind "lora
-adapter", loaded with ``lora.load_adapter``), a full fine-tune written by lora_train.py --mode full
-(its UNet weights and token row), or ``base`` (the shipped mini-SD; it cannot be asked for orange).
+Each share comes with its 95 % Wilson interval. ``--model`` is a checkpoint written by the recipe
+shapes-lora-orange (``python -m course_lib train shapes-lora-orange``): an adapter, loaded with
+``lora.load_adapter`` as ``pipe.load_lora`` does, or its whole-UNet variant (``train_unet``, see
+benchmarks/lora_train.py), rebuilt as the training loop built it; or ``base`` (the shipped mini-SD,
+which cannot be asked for orange). One thread.
 """
 
 import argparse
@@ -21,11 +25,13 @@ import time
 import torch
 
 from course_lib.checkpoints import load_checkpoint
-from course_lib.lora import ADAPTER_KIND, add_token, load_adapter
+from course_lib.lora import ADAPTER_NETWORK, load_adapter
 from course_lib.metrics import shapes_prompt_grid
-from course_lib.orange import EXTENDED_JUDGE, extended_judge_report, orange_prompt_grid
+from course_lib.networks import build_network
+from course_lib.orange import EXTENDED_JUDGE, ORANGE, extended_judge_report, orange_prompt_grid, orange_tensors
 from course_lib.pipeline import StableDiffusion
 from course_lib.pretrained import load_course_model
+from course_lib.recipes import encode_latents
 
 
 def load_model(pipe, model: str) -> str:
@@ -33,15 +39,19 @@ def load_model(pipe, model: str) -> str:
     if model == "base":
         return "base"
     tensors, info = load_checkpoint(model)
-    if info.get("kind") == ADAPTER_KIND:
-        loaded = load_adapter(pipe.unet, pipe.tokenizer, pipe.text_encoder, model)
-        pipe.tokenizer = loaded.tokenizer
+    if info.get("network") != ADAPTER_NETWORK:
+        raise ValueError(f"{model} is not a checkpoint of the recipe shapes-lora-orange (network "
+                         f"{info.get('network')!r}).")
+    if not info["network_config"].get("train_unet"):
+        pipe.tokenizer = load_adapter(pipe.unet, pipe.tokenizer, pipe.text_encoder, model, vae=pipe.vae).tokenizer
         return "lora"
-    pipe.unet.load_state_dict({k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")})
-    pipe.tokenizer, token_id = add_token(pipe.tokenizer, pipe.text_encoder, info["adapter"]["token"])
-    with torch.no_grad():
-        pipe.text_encoder.get_input_embeddings().weight[token_id] = tensors["text_encoder.token_embedding"][0]
-    return info["kind"]
+    adapted = build_network(ADAPTER_NETWORK, info["network_config"])  # the frozen parts of the checkpoint folder
+    adapted.load_state_dict(tensors)
+    adapted.eval()
+    pipe.unet, pipe.text_encoder, pipe.tokenizer = adapted.unet, adapted.text_encoder, adapted.tokenizer
+    if adapted.vae is not None:
+        pipe.vae = adapted.vae
+    return "whole UNet"
 
 
 def sample(pipe, grid, steps, guidance, seed, batch=80):
@@ -55,10 +65,19 @@ def sample(pipe, grid, steps, guidance, seed, batch=80):
     return torch.cat(images)
 
 
+@torch.no_grad()
+def decoder_round_trip(vae, seed: int = 1, count: int = 300):
+    """Orange pictures of every shape through the encoder and the decoder: (pictures, wanted attributes)."""
+    images, _, attributes = orange_tensors(count, seed=seed, shapes=("circle", "square", "triangle"))
+    mean, std = encode_latents(vae, images)
+    z = mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    return vae.decode(z).clamp(-1, 1), attributes
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--sets", default="seen,triangles,six")
+    parser.add_argument("--sets", default="seen,triangles,six,decoder")
     parser.add_argument("--per-prompt", type=int, default=5)
     parser.add_argument("--triangle-per-prompt", type=int, default=10)
     parser.add_argument("--six-per-prompt", type=int, default=1)
@@ -77,12 +96,19 @@ def main():
     grids = {"seen": orange_prompt_grid(("circle", "square")) * args.per_prompt,
              "triangles": orange_prompt_grid(("triangle",)) * args.triangle_per_prompt,
              "six": shapes_prompt_grid(False) * args.six_per_prompt}
-    results = {"model": args.model, "kind": kind, "steps": args.steps, "guidance": args.guidance, "threads": 1}
+    results = {"model": args.model, "kind": kind, "steps": args.steps, "guidance": args.guidance, "threads": 1,
+               "seed": args.seed}
     pictures = {}
     for name in args.sets.split(","):
         start = time.perf_counter()
-        images = sample(pipe, grids[name], args.steps, args.guidance, args.seed)
-        report = extended_judge_report(judge, images, grids[name])
+        if name == "decoder":
+            images, wanted = decoder_round_trip(pipe.vae)
+            report = extended_judge_report(judge, images, wanted)
+            report = {"color": report["color"], "color_interval": report["color_interval"], "count": report["count"],
+                      "what": f"{ORANGE} pictures (seed 1) through the encoder and the decoder"}
+        else:
+            images = sample(pipe, grids[name], args.steps, args.guidance, args.seed)
+            report = extended_judge_report(judge, images, grids[name])
         report["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = report
         pictures[name] = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

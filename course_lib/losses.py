@@ -10,7 +10,8 @@ Two kinds live here:
   data columns of this step's examples and ``generator`` (seeded by (seed, step)) is where every
   random draw comes from: :func:`eps_prediction_loss`, :func:`class_conditional_eps_loss`,
   :func:`noisy_classifier_batch_loss`, :func:`judge_batch_loss`, :func:`shapes_judge_loss`,
-  :func:`vae_loss`, :func:`shapes_clip_loss`, :func:`latent_diffusion_loss`.
+  :func:`vae_loss`, :func:`shapes_clip_loss`, :func:`latent_diffusion_loss`,
+  :func:`adapter_latent_diffusion_loss`.
 
 Notation: x_0 clean images, t ~ U{0..T-1} timesteps, eps ~ N(0, I) noise,
 x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (diffusion.q_sample), y labels.
@@ -27,7 +28,7 @@ from torch import nn
 from .checks import check_finite, check_labels, check_shape
 from .diffusion import q_sample
 from .nn.classifier import SHAPES_JUDGE_HEADS, JudgeClassifier, NoisyClassifier, random_shift, split_attribute_logits
-from .nn.text import clip_embeddings
+from .nn.text import clip_embeddings, encode_text
 from .schedules import NoiseSchedule
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "vae_loss",
     "shapes_clip_loss",
     "latent_diffusion_loss",
+    "adapter_latent_diffusion_loss",
 ]
 
 # A recipe loss takes (model, batch, schedule, generator, **recipe.loss_args) and returns a scalar tensor.
@@ -265,14 +267,18 @@ def judge_batch_loss(model, batch, schedule, generator, max_shift=2):
     return judge_loss(model, batch["images"], batch["labels"], generator, max_shift=max_shift)
 
 
-def shapes_judge_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator) -> torch.Tensor:
+def shapes_judge_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator,
+                      heads: dict[str, int] | None = None) -> torch.Tensor:
     """Sum over the four attributes a of the cross-entropy -log p(y_a | x) of the judge's head a.
 
     :param batch: {"images": (B, 3, 64, 64), "shape": (B,), "color": (B,), "size": (B,), "position": (B,)}
+    :param heads: attribute -> number of values, in the order of the logits (default: the six-colour
+        judge's SHAPES_JUDGE_HEADS; the 7-colour judge of lesson 11 passes {"shape": 3, "color": 7, ...})
     """
-    heads = split_attribute_logits(model(batch["images"]))
+    heads = SHAPES_JUDGE_HEADS if heads is None else heads
+    logits = split_attribute_logits(model(batch["images"]), heads)
     # L = sum_a -log p_a(y_a | x)
-    return sum(F.cross_entropy(heads[name], batch[name]) for name in SHAPES_JUDGE_HEADS)
+    return sum(F.cross_entropy(logits[name], batch[name]) for name in heads)
 
 
 def vae_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator,
@@ -319,3 +325,38 @@ def latent_diffusion_loss(model: nn.Module, batch: dict, schedule: NoiseSchedule
     null = batch["null_text_states"].to(device=states.device, dtype=states.dtype)
     states = torch.where(drop[:, None, None], null, states)
     return diffusion_training_loss(model, z0, schedule, generator=generator, encoder_hidden_states=states)
+
+
+def adapter_latent_diffusion_loss(model: nn.Module, batch: dict, schedule: NoiseSchedule, generator: torch.Generator,
+                                  caption_dropout: float = 0.1, decoder_batch: int = 8) -> torch.Tensor:
+    """:func:`latent_diffusion_loss` for an adapter in training (``lora.AdaptedModel``, lesson 11).
+
+    The same loss; only the text states are computed at every step, through the text encoder, since
+    the new word's row is trained (every other weight of the model is frozen):
+
+        L = E_{t, eps} || eps - eps_theta'(z_t, t, tau'(c)) ||^2,   theta' = theta + LoRA,  tau' with e_w
+
+    When the adapter also adapts the VAE's decoder (``model.vae``), the decoder's reconstruction of
+    the first ``decoder_batch`` pictures of the batch is added; it trains only the decoder's LoRA:
+
+        L_D = || D'(z) - x ||^2 / (C H W),   z = mu(x) + sigma(x) eps_z  (the frozen encoder's sample)
+
+    :param model: an ``AdaptedModel`` (its ``unet``, ``text_encoder`` and ``vae``)
+    :param batch: {"latent_mean": s * mu (B, 4, h, w), "latent_std": s * sigma, "input_ids": the captions'
+        token ids (B, L), "null_input_ids": the ids of "" (B, L), and for the decoder "images": x (B, 3, H, W)}
+    :param caption_dropout: p_uncond
+    :param decoder_batch: pictures per step for L_D
+    """
+    states = encode_text(model.text_encoder, batch["input_ids"])
+    null_states = encode_text(model.text_encoder, batch["null_input_ids"][:1])
+    loss = latent_diffusion_loss(model.unet, {"latent_mean": batch["latent_mean"], "latent_std": batch["latent_std"],
+                                              "text_states": states, "null_text_states": null_states},
+                                 schedule, generator, caption_dropout=caption_dropout)
+    if getattr(model, "vae", None) is None:
+        return loss
+    mean, std = batch["latent_mean"][:decoder_batch], batch["latent_std"][:decoder_batch]
+    eps_z = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    # z = (s mu + s sigma eps_z) / s, the unscaled latent the decoder reads
+    z = (mean + std * eps_z) / model.vae.config.scaling_factor
+    # L_D = || D'(z) - x ||^2 / (C H W)
+    return loss + (model.vae.decode(z) - batch["images"][:decoder_batch]).pow(2).mean()

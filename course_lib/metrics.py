@@ -499,7 +499,8 @@ def shapes_prompt_grid(heldout: bool = False) -> list[dict]:
 
 
 @torch.no_grad()
-def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_size: int = 250) -> dict:
+def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_size: int = 250,
+                        attributes: dict[str, tuple[str, ...]] = ATTRIBUTES) -> dict:
     """How many pictures show what was asked, attribute by attribute, read by the shapes judge.
 
     :param judge: the shapes judge (``load_course_model("shapes-judge")``): a CNN with four heads
@@ -508,6 +509,9 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
         "size" and "position" (any may be missing: a prompt that does not name it), e.g. from
         :func:`shapes_prompt_grid`; or integer ids per attribute, {"shape": (N,), ...}, as
         ``datasets.shapes_attributes`` gives them
+    :param attributes: the world's attributes and their values, in the order of the judge's logits
+        (default: the six colours' ``captions.ATTRIBUTES``; lesson 11's 7-colour judge reads
+        ``orange.EXTENDED_ATTRIBUTES``)
     :return: {"shape": share right, "color": ..., "size": ..., "position": ...,
         "all": share with every asked attribute right, "color_and_shape": share with both right}
     """
@@ -515,13 +519,14 @@ def shapes_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_si
     if isinstance(wanted, dict):  # ids per attribute -> one dict of values per picture
         wanted = [{name: values[int(check_labels(wanted[name], len(values), images.shape[0],
                                                  f"wanted[{name!r}]")[i])]
-                   for name, values in ATTRIBUTES.items() if name in wanted} for i in range(images.shape[0])]
+                   for name, values in attributes.items() if name in wanted} for i in range(images.shape[0])]
     if len(wanted) != images.shape[0]:
         raise ValueError(f"Got {images.shape[0]} images but {len(wanted)} wanted-attribute entries; "
                          f"pass one dict per image.")
-    heads = split_attribute_logits(_run_judge(judge, images, "forward", batch_size))
+    heads = split_attribute_logits(_run_judge(judge, images, "forward", batch_size),
+                                   {name: len(values) for name, values in attributes.items()})
     right = {}
-    for name, values in ATTRIBUTES.items():
+    for name, values in attributes.items():
         predicted = [values[k] for k in heads[name].argmax(1).tolist()]
         # None where the prompt did not ask for this attribute: it counts as right
         right[name] = torch.tensor([w.get(name) is None or w[name] == p for w, p in zip(wanted, predicted)])

@@ -15,10 +15,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, check_state_dict, checkpoint_paths, load_checkpoint
+from .checkpoints import CheckpointError, check_state_dict, checkpoint_dir, checkpoint_paths, load_checkpoint
 from .checks import check_choice
+from .lora import ADAPTER_NETWORK, AdaptedModel, AdaptedModelConfig
 from .nn.classifier import ClassifierConfig, JudgeClassifier, JudgeConfig, NoisyClassifier
-from .nn.text import build_tiny_clip
+from .nn.text import build_tiny_clip, load_caption_tokenizer, text_encoder_from_clip
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
 
@@ -32,7 +33,24 @@ NETWORKS: dict[str, Callable[[dict], nn.Module]] = {
     "JudgeClassifier": lambda config: JudgeClassifier(JudgeConfig.from_dict(config)),
     "AutoencoderKL": lambda config: AutoencoderKL(VAEConfig.from_dict(config)),
     "CLIPModel": build_tiny_clip,  # transformers' CLIPModel, from its config dict
+    ADAPTER_NETWORK: lambda config: _adapted_model(config),  # an adapter on frozen models of the checkpoint folder
 }
+
+
+def _adapted_model(config: dict) -> AdaptedModel:
+    """An adapter in training (lora.AdaptedModel) on the frozen models its config names in the checkpoint folder.
+
+    Not a fresh network: the UNet, the text encoder and the tokenizer are the trained ones of
+    ``checkpoints.checkpoint_dir()`` (``$COURSE_CHECKPOINT_DIR``, default data/checkpoints), as the
+    shapes-ldm recipe reads its frozen VAE and CLIP there; only the adapter starts fresh.
+    """
+    adapted = AdaptedModelConfig.from_dict(config)
+    folder = checkpoint_dir()
+    unet = load_network(folder / adapted.base["unet"])[0]
+    clip = load_network(folder / adapted.base["text_encoder"])[0]
+    tokenizer = load_caption_tokenizer(folder / adapted.base["tokenizer"])
+    vae = load_network(folder / adapted.base["vae"])[0] if adapted.adapter.decoder_rank is not None else None
+    return AdaptedModel(unet, tokenizer, text_encoder_from_clip(clip), adapted, vae=vae)
 
 
 def build_network(name: str, config: dict) -> nn.Module:

@@ -10,9 +10,10 @@ Lesson 11 teaches the mini-SD the word "orange" (``course_lib.lora``). The six-c
   the top left", "a orange square" (the template's article is always "a");
 * **the extended attributes** -- ``EXTENDED_ATTRIBUTES``: the six colours, then "orange" as colour
   id 6, so a six-colour picture keeps its ids;
-* **the 7-colour judge** -- the shapes judge's network and recipe settings, with 17 logits (3 + 7
-  + 2 + 5), trained on the six-colour "all" split plus orange circles, squares and triangles
-  (the judge may see orange triangles: only the model under test must not);
+* **the 7-colour judge** -- ``EXTENDED_JUDGE``, the checkpoint of the recipe ``shapes-judge7``
+  (``recipes.py``): the shapes judge's network and settings with 17 logits (3 + 7 + 2 + 5),
+  trained on the six-colour "all" split plus orange circles, squares and triangles (the judge may
+  see orange triangles: only the model under test must not);
 * **the report** -- :func:`extended_judge_report`, ``metrics.shapes_judge_report`` for the
   extended attributes, with a Wilson interval for each share.
 
@@ -21,15 +22,16 @@ Notation: x_0 is a clean image in [-1, 1], (N, 3, 64, 64).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 
-from .captions import ATTRIBUTES, COLOR_JITTER, COLORS, POSITIONS, SHAPES, SIZES, shape_caption
+from .captions import ATTRIBUTES, COLOR_JITTER, POSITIONS, SHAPES, SIZES, shape_caption
 from .checks import check_choice, check_int_range
+from .datasets import _render, _sample_geometry
+from .metrics import shapes_judge_report
 from .pixels import from_uint8
+from .sample_stats import proportion_interval
 
 __all__ = [
     "ORANGE",
@@ -43,12 +45,7 @@ __all__ = [
     "render_colored",
     "orange_tensors",
     "orange_prompt_grid",
-    "fit_latents",
-    "extended_judge_loss",
-    "extended_judge_data",
-    "extended_judge_accuracy",
     "extended_judge_report",
-    "wilson_interval",
 ]
 
 ORANGE = "orange"
@@ -94,8 +91,6 @@ def render_colored(shape_index: np.ndarray, size_index: np.ndarray, position_ind
     :param rng: a numpy Generator
     :return: (N, 64, 64, 3) uint8
     """
-    from .datasets import _render, _sample_geometry  # datasets' own renderer (imports datasets lazily)
-
     if len(base_rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in base_rgb):
         raise ValueError(f"base_rgb must be three integers in 0..255, got {base_rgb!r}.")
     count = len(shape_index)
@@ -159,154 +154,32 @@ def orange_prompt_grid(shapes=ORANGE_SEEN_SHAPES) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Orange in the latent space
-# ---------------------------------------------------------------------------------------------
-
-def fit_latents(vae: nn.Module, images: torch.Tensor, latents: torch.Tensor, steps: int = 10, lr: float = 0.1,
-                batch_size: int = 200) -> torch.Tensor:
-    """Latents that the decoder draws as the images: a few Adam steps on ||D(z) - x||^2 from z = E(x).
-
-    The shapes VAE was trained on six colours. Its decoder can draw orange (a latent exists whose
-    picture the 7-colour judge reads as orange), but its encoder maps an orange picture to a
-    latent the decoder draws half-way to red. A UNet trained on E(x) would learn to make that
-    reddish latent; trained on the fitted latents, it learns the ones that decode to orange.
-    The VAE is not changed.
-
-        z* = argmin_z || D(z) - x ||^2 / (C H W),  by `steps` Adam steps of size `lr` from z = E(x)
-
-    :param vae: the frozen autoencoder (its decoder is used)
-    :param images: x, (N, 3, H, W) in [-1, 1]
-    :param latents: the starting latents, unscaled, (N, C_z, h, w), e.g. the posterior means E(x)
-    :param steps: Adam steps (0 returns the latents unchanged)
-    :param lr: Adam's step size
-    :param batch_size: pictures per optimisation (each batch has its own Adam state)
-    :return: z*, (N, C_z, h, w), unscaled, detached
-    """
-    check_int_range(steps, "steps", 0)
-    if images.shape[0] != latents.shape[0]:
-        raise ValueError(f"Got {images.shape[0]} images but {latents.shape[0]} latents; give one latent per image.")
-    fitted = []
-    requires_grad = {name: p.requires_grad for name, p in vae.named_parameters()}
-    vae.requires_grad_(False)
-    try:
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size]
-            z = latents[start:start + batch_size].detach().clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([z], lr=lr)
-            for _ in range(steps):
-                with torch.enable_grad():
-                    # L = || D(z) - x ||^2 / (C H W)
-                    loss = (vae.decode(z) - x).pow(2).mean()
-                    optimizer.zero_grad()
-                    loss.backward()
-                optimizer.step()
-            fitted.append(z.detach())
-    finally:
-        for name, p in vae.named_parameters():
-            p.requires_grad_(requires_grad[name])
-    return torch.cat(fitted)
-
-
-# ---------------------------------------------------------------------------------------------
-# The 7-colour judge
-# ---------------------------------------------------------------------------------------------
-
-def extended_judge_loss(model: nn.Module, batch: dict, schedule, generator: torch.Generator) -> torch.Tensor:
-    """Sum over the four attributes a of -log p(y_a | x), with the 7-colour heads (17 logits)."""
-    from .nn.classifier import split_attribute_logits
-
-    heads = split_attribute_logits(model(batch["images"]), EXTENDED_JUDGE_HEADS)
-    # L = sum_a -log p_a(y_a | x)
-    return sum(torch.nn.functional.cross_entropy(heads[name], batch[name]) for name in EXTENDED_JUDGE_HEADS)
-
-
-ORANGE_JUDGE_IMAGES = 1800  # orange circles, squares and triangles added to the 10,000 of "all"
-
-
-def extended_judge_data() -> dict[str, torch.Tensor]:
-    """The 7-colour judge's training set: the six-colour "all" split (held-out pairs included) plus
-    1,800 orange pictures of all three shapes (seed 0).
-
-    :return: {"images": (11800, 3, 64, 64), "shape", "color", "size", "position": (11800,) ids}
-    """
-    from .datasets import shapes_attributes, shapes_tensors
-
-    images, _ = shapes_tensors("all")
-    attributes = shapes_attributes("all")  # colour ids 0..5 are the same in EXTENDED_ATTRIBUTES
-    orange, _, orange_attributes = orange_tensors(ORANGE_JUDGE_IMAGES, seed=0, shapes=SHAPES)
-    return {"images": torch.cat([images, orange]),
-            **{name: torch.cat([attributes[name], orange_attributes[name]]) for name in EXTENDED_JUDGE_HEADS}}
-
-
-def extended_judge_accuracy(model: nn.Module) -> dict:
-    """Accuracy per attribute on pictures the judge never saw: the six-colour test and held-out
-    splits (1,000 each), and 900 orange pictures of every shape from another seed (1)."""
-    from .datasets import shapes_attributes, shapes_tensors
-
-    sets = {split: (shapes_tensors(split)[0], shapes_attributes(split)) for split in ("test", "heldout")}
-    orange, _, orange_attributes = orange_tensors(900, seed=1, shapes=SHAPES)
-    sets["orange"] = (orange, orange_attributes)
-    return {f"{name}_accuracy": extended_judge_report(model, images, truth, with_interval=False)
-            for name, (images, truth) in sets.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # Reading pictures with the 7-colour judge
 # ---------------------------------------------------------------------------------------------
 
-def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial share (95 % for z = 1.96).
-
-        p̂ = k / n,   centre = (p̂ + z²/2n) / (1 + z²/n),
-        half-width = z / (1 + z²/n) * sqrt(p̂ (1 - p̂) / n + z² / 4n²)
-
-    Unlike p̂ +- z sqrt(p̂ (1 - p̂) / n) it stays inside [0, 1] and is not empty at k = n.
-
-    :return: (low, high)
-    """
-    check_int_range(trials, "trials", 1)
-    check_int_range(successes, "successes", 0, trials)
-    n, share = trials, successes / trials
-    denominator = 1 + z ** 2 / n
-    centre = (share + z ** 2 / (2 * n)) / denominator
-    half = z / denominator * math.sqrt(share * (1 - share) / n + z ** 2 / (4 * n ** 2))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 @torch.no_grad()
 def extended_judge_report(judge: nn.Module, images: torch.Tensor, wanted, batch_size: int = 250,
-                          with_interval: bool = True) -> dict:
+                          with_interval: bool = True, level: float = 0.95) -> dict:
     """How many pictures show what was asked, per attribute, read by the 7-colour judge.
 
+    ``metrics.shapes_judge_report`` with the extended attributes, and each share's Wilson interval
+    (``sample_stats.proportion_interval``).
+
     :param judge: the 7-colour judge (``load_course_model("shapes-judge7")``), 17 logits
-    :param images: (N, 3, 64, 64) in [-1, 1] (clamped here)
+    :param images: (N, 3, 64, 64) in [-1, 1] (clamped there)
     :param wanted: N dicts of asked-for values ("shape", "color", "size", "position"; a missing
         one counts as right), or ids per attribute {"shape": (N,), ...} in EXTENDED_ATTRIBUTES' order
-    :param with_interval: also give each share's 95 % Wilson interval as "<name>_interval"
+    :param with_interval: also give each share's Wilson interval as "<name>_interval"
+    :param level: the intervals' coverage
     :return: {"shape", "color", "size", "position", "all", "color_and_shape": share right,
         "count": N, and with_interval "<name>_interval": (low, high)}
     """
-    from .nn.classifier import split_attribute_logits
-
-    images = images.clamp(-1, 1)
+    report = shapes_judge_report(judge, images, wanted, batch_size, attributes=EXTENDED_ATTRIBUTES)
     count = images.shape[0]
-    if isinstance(wanted, dict):
-        wanted = [{name: values[int(wanted[name][i])] for name, values in EXTENDED_ATTRIBUTES.items()
-                   if name in wanted} for i in range(count)]
-    if len(wanted) != count:
-        raise ValueError(f"Got {count} images but {len(wanted)} wanted-attribute entries; pass one per image.")
-    logits = torch.cat([judge(images[i:i + batch_size]) for i in range(0, count, batch_size)])
-    heads = split_attribute_logits(logits, EXTENDED_JUDGE_HEADS)
-    right = {}
-    for name, values in EXTENDED_ATTRIBUTES.items():
-        predicted = [values[k] for k in heads[name].argmax(1).tolist()]
-        right[name] = torch.tensor([w.get(name) is None or w[name] == p for w, p in zip(wanted, predicted)])
-    right["all"] = right["shape"] & right["color"] & right["size"] & right["position"]
-    right["color_and_shape"] = right["shape"] & right["color"]
-    report = {name: round(ok.float().mean().item(), 4) for name, ok in right.items()}
-    report["count"] = count
     if with_interval:
-        for name, ok in right.items():
-            low, high = wilson_interval(int(ok.sum()), count)
+        for name, share in list(report.items()):
+            # k = share * N, exact: the shares are rounded to 1e-4 and N < 5000 pictures
+            low, high = proportion_interval(round(share * count), count, level=level)
             report[f"{name}_interval"] = (round(low, 4), round(high, 4))
+    report["count"] = count
     return report

@@ -528,7 +528,8 @@ class StableDiffusion:
     # ------------------------------------------------------------------------------ LoRA adapters
     def load_lora(self, name_or_path: str | os.PathLike = "orange", folder: str | os.PathLike | None = None
                   ) -> LoadedAdapter:
-        """Put a LoRA adapter on the UNet, and its new word in the tokenizer and text encoder (lesson 11).
+        """Put a LoRA adapter on the UNet (and on the VAE's decoder when it has one), and its new word in
+        the tokenizer and text encoder (lesson 11).
 
         ``pipe.load_lora("orange")`` loads the adapter ``shapes-lora-orange`` of the checkpoint folder
         (the one ``from_course`` read, else $COURSE_CHECKPOINT_DIR or data/checkpoints); a path loads
@@ -543,7 +544,7 @@ class StableDiffusion:
         if self.lora is not None:
             raise ValueError(f"The adapter {self.lora.name!r} is already loaded. Call pipe.unload_lora() first.")
         loaded = load_adapter(self.unet, self.tokenizer, self.text_encoder, name_or_path,
-                              folder=self.checkpoint_folder if folder is None else folder)
+                              folder=self.checkpoint_folder if folder is None else folder, vae=self.vae)
         self.tokenizer, self.lora = loaded.tokenizer, loaded
         return loaded
 

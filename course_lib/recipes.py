@@ -28,13 +28,17 @@ from .checkpoints import CheckpointError, checkpoint_dir, checkpoint_paths
 from .checks import check_choice
 from .datasets import digits_tensors, shapes_attributes, shapes_tensors
 from .diffusion import q_sample
-from .losses import (LossFn, class_conditional_eps_loss, eps_prediction_loss, judge_batch_loss,
-                     latent_diffusion_loss, noisy_classifier_batch_loss, shapes_clip_loss, shapes_judge_loss, vae_loss)
+from .lora import ADAPTER_NETWORK, AdaptedModelConfig, AdapterConfig, tokenizer_with_word
+from .losses import (LossFn, adapter_latent_diffusion_loss, class_conditional_eps_loss, eps_prediction_loss,
+                     judge_batch_loss, latent_diffusion_loss, noisy_classifier_batch_loss, shapes_clip_loss,
+                     shapes_judge_loss, vae_loss)
 from .metrics import clip_zero_shot_accuracy, psnr
 from .networks import load_network
 from .nn.classifier import SHAPES_JUDGE_HEADS, ClassifierConfig, JudgeConfig, split_attribute_logits
-from .nn.text import (build_caption_tokenizer, encode_text, save_caption_tokenizer, tiny_clip_config,
-                      tokenize_prompts)
+from .nn.text import (build_caption_tokenizer, encode_text, load_caption_tokenizer, save_caption_tokenizer,
+                      tiny_clip_config, tokenize_prompts)
+from .orange import (EXTENDED_JUDGE, EXTENDED_JUDGE_HEADS, ORANGE, ORANGE_SEEN_SHAPES, extended_judge_report,
+                     orange_tensors)
 from .nn.unet import UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
 from .schedules import make_schedule
@@ -491,4 +495,95 @@ _register(Recipe(
     warmup_steps=100,
     seed=0,
     checkpoint_every=250,
+))
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesson 11: a seventh colour. The 7-colour judge, and the adapter that teaches the mini-SD "orange"
+# ---------------------------------------------------------------------------------------------
+
+ORANGE_JUDGE_IMAGES = 1800  # orange circles, squares and triangles added to the 10,000 of "all"
+
+
+def _shapes_judge7_data() -> dict[str, torch.Tensor]:
+    """The six-colour "all" split (held-out pairs included) plus 1,800 orange pictures of all three
+    shapes (seed 0): the judge may see orange triangles, only the model under test must not.
+
+    :return: {"images": (11800, 3, 64, 64), "shape", "color", "size", "position": (11800,) ids}
+    """
+    images, _ = shapes_tensors("all")
+    attributes = shapes_attributes("all")  # colour ids 0..5 are the same in the extended attributes
+    orange, _, orange_attributes = orange_tensors(ORANGE_JUDGE_IMAGES, seed=0, shapes=("circle", "square", "triangle"))
+    return {"images": torch.cat([images, orange]),
+            **{name: torch.cat([attributes[name], orange_attributes[name]]) for name in EXTENDED_JUDGE_HEADS}}
+
+
+def _shapes_judge7_accuracy(model) -> dict:
+    """Accuracy per attribute on pictures the judge never saw: the six-colour test and held-out
+    splits (1,000 each), and 900 orange pictures of every shape from another seed (1)."""
+    sets = {split: (shapes_tensors(split)[0], shapes_attributes(split)) for split in ("test", "heldout")}
+    orange, _, orange_attributes = orange_tensors(900, seed=1, shapes=("circle", "square", "triangle"))
+    sets["orange"] = (orange, orange_attributes)
+    return {f"{name}_accuracy": extended_judge_report(model, images, truth, with_interval=False)
+            for name, (images, truth) in sets.items()}
+
+
+_register(dataclasses.replace(
+    RECIPES["shapes-judge"],
+    name=EXTENDED_JUDGE,
+    description="the shapes judge with a seventh colour, orange (17 logits); grades lesson 11, never guides",
+    network_config=dict(RECIPES["shapes-judge"].network_config_dict(), num_classes=sum(EXTENDED_JUDGE_HEADS.values())),
+    data=_shapes_judge7_data,
+    loss=shapes_judge_loss,
+    loss_args={"heads": dict(EXTENDED_JUDGE_HEADS)},
+    evaluate=_shapes_judge7_accuracy,
+))
+
+
+SHAPES_LORA_BASE = {"unet": "shapes-ldm", "text_encoder": "shapes-clip", "vae": "shapes-vae",
+                    "tokenizer": SHAPES_TOKENIZER}
+ORANGE_TRAIN_IMAGES = 600  # orange circles and squares (seed 0)
+REPLAY_IMAGES = 600  # six-colour training pictures beside them (replay): half of each batch, on average
+
+
+def _orange_lora_data() -> dict[str, torch.Tensor]:
+    """Orange circles and squares with their captions, beside as many six-colour training pictures.
+
+    The pictures (for the decoder's LoRA), the frozen VAE's posteriors (scaled, as shapes-ldm's
+    data) and the captions' token ids with the new word (the text states are computed at every
+    step: the word's row is trained). The six colours are replayed so that the adapter does not
+    make the model forget them, in the UNet and in the decoder.
+    """
+    folder = checkpoint_dir()
+    vae = _frozen_component(SHAPES_LORA_BASE["vae"], str(folder))
+    tokenizer, _ = tokenizer_with_word(load_caption_tokenizer(folder / SHAPES_LORA_BASE["tokenizer"]), ORANGE)
+    orange, orange_captions, _ = orange_tensors(ORANGE_TRAIN_IMAGES, seed=0, shapes=ORANGE_SEEN_SHAPES)
+    replay, replay_captions = shapes_tensors("train", num_images=REPLAY_IMAGES, seed=0)
+    images = torch.cat([orange, replay])
+    with torch.no_grad():
+        mean, std = encode_latents(vae, images)
+    s = vae.config.scaling_factor
+    ids = tokenize_prompts(tokenizer, orange_captions + replay_captions)["input_ids"]
+    null_ids = tokenize_prompts(tokenizer, [""])["input_ids"]
+    return {"images": images, "latent_mean": s * mean, "latent_std": s * std, "input_ids": ids,
+            "null_input_ids": null_ids.expand(len(ids), -1)}
+
+
+_register(Recipe(
+    name=f"shapes-lora-{ORANGE}",
+    description="LoRA adapter (rank 4, attention projections of the mini-SD UNet; rank 8, the VAE decoder's "
+                "convolutions) and the new word 'orange' (textual inversion) on the frozen mini-SD (lesson 11)",
+    network=ADAPTER_NETWORK,
+    network_config=AdaptedModelConfig(adapter=AdapterConfig(rank=4, alpha=4.0, token=ORANGE, decoder_rank=8),
+                                      base=SHAPES_LORA_BASE, token_scale=8.0).to_dict(),
+    data=_orange_lora_data,
+    loss=adapter_latent_diffusion_loss,
+    loss_args={"caption_dropout": SHAPES_LDM_CAPTION_DROPOUT, "decoder_batch": 8},
+    schedule=SHAPES_LDM_SCHEDULE,
+    steps=800,
+    batch_size=64,
+    lr=1e-3,
+    warmup_steps=0,
+    seed=0,
+    checkpoint_every=200,
 ))

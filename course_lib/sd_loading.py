@@ -34,7 +34,7 @@ from torch import nn
 
 from .checkpoints import check_state_dict
 from .checks import check_int_range
-from .nn.text import build_caption_tokenizer, load_caption_tokenizer
+from .nn.text import build_caption_tokenizer, load_caption_tokenizer, text_encoder_from_clip
 from .nn.unet import UNet2DConditionModel, UNetConfig
 from .nn.vae import AutoencoderKL, VAEConfig
 from .pretrained import SHAPES_TOKENIZER, load_course_model
@@ -184,8 +184,6 @@ def schedule_from_config(config: dict) -> NoiseSchedule:
 
 def load_mini_sd(folder: Path) -> Parts:
     """The mini Stable Diffusion from the course's checkpoints in ``folder`` (see ``from_course``)."""
-    from transformers import CLIPTextModel
-
     missing = [f"{checkpoint}{suffix}" for checkpoint in MINI_SD_CHECKPOINTS.values()
                for suffix in (".safetensors", ".json") if not (folder / f"{checkpoint}{suffix}").is_file()]
     if missing:
@@ -205,12 +203,7 @@ def load_mini_sd(folder: Path) -> Parts:
     vae, _ = load_course_model(MINI_SD_CHECKPOINTS["vae"], directory=folder)
     clip, _ = load_course_model(MINI_SD_CHECKPOINTS["text_encoder"], directory=folder)
     unet, unet_json = load_course_model(MINI_SD_CHECKPOINTS["unet"], directory=folder)
-    # the text encoder: a CLIPTextModel with the weights of the CLIPModel's text tower (its keys text_model.*)
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    text_weights = clip.text_model.state_dict()  # embeddings.*, encoder.*, final_layer_norm.*
-    if all(key.startswith("text_model.") for key in text_encoder.state_dict()):  # transformers 4.x's names
-        text_weights = {f"text_model.{key}": value for key, value in text_weights.items()}
-    text_encoder.load_state_dict(text_weights, strict=True)
+    text_encoder = text_encoder_from_clip(clip)  # a CLIPTextModel with the text tower's weights
     if len(tokenizer) != text_encoder.config.vocab_size:
         raise ValueError(
             f"The tokenizer has {len(tokenizer)} tokens but the text encoder {MINI_SD_CHECKPOINTS['text_encoder']} "

@@ -27,7 +27,7 @@ CONTRIBUTING = ROOT / "CONTRIBUTING.md"
 # Modules whose owners still move lazy own imports to the top (issue 13), and import cycles still to
 # break (i18n/__init__.py imports i18n/catalogues.py inside a function, which imports the package);
 # both empty when done.
-LAZY_OWN_IMPORTS_PENDING = {"course_lib.lora", "course_lib.orange"}
+LAZY_OWN_IMPORTS_PENDING: set[str] = set()
 CYCLES_PENDING: set[tuple[str, str]] = set()
 
 

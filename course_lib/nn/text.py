@@ -59,6 +59,7 @@ __all__ = [
     "tiny_clip_config",
     "build_tiny_clip",
     "encode_text",
+    "text_encoder_from_clip",
     "clip_image_embeds",
     "clip_text_embeds",
     "clip_embeddings",
@@ -374,6 +375,22 @@ def _check_pixels(pixel_values, model) -> None:
 def _text_model(model):
     """The CLIPTextModel of a CLIPModel, or the model itself."""
     return model.text_model if hasattr(model, "text_projection") else model
+
+
+def text_encoder_from_clip(clip):
+    """The text tower of a ``CLIPModel`` as a ``CLIPTextModel`` (what SD's pipelines call the text encoder).
+
+    :param clip: transformers' ``CLIPModel`` (the tiny CLIP of ``shapes-clip``)
+    :return: a ``CLIPTextModel`` with the weights of ``clip.text_model`` (copied), in eval mode
+    """
+    from transformers import CLIPTextModel
+
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_weights = clip.text_model.state_dict()  # embeddings.*, encoder.*, final_layer_norm.*
+    if all(key.startswith("text_model.") for key in text_encoder.state_dict()):  # transformers 4.x's names
+        text_weights = {f"text_model.{key}": value for key, value in text_weights.items()}
+    text_encoder.load_state_dict(text_weights, strict=True)
+    return text_encoder.eval()
 
 
 def encode_text(text_model, input_ids, attention_mask=None) -> torch.Tensor:
