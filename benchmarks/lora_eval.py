@@ -86,6 +86,8 @@ def main():
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--out", default=None)
     parser.add_argument("--save-images", default=None, help="write the pictures (uint8) as a safetensors file")
+    parser.add_argument("--train-json", default=None, help="the measurements of benchmarks/lora_train.py --json, "
+                                                           "copied into --out as 'training'")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -98,6 +100,9 @@ def main():
              "six": shapes_prompt_grid(False) * args.six_per_prompt}
     results = {"model": args.model, "kind": kind, "steps": args.steps, "guidance": args.guidance, "threads": 1,
                "seed": args.seed}
+    if args.train_json:
+        with open(args.train_json) as file:
+            results["training"] = json.load(file)
     pictures = {}
     for name in args.sets.split(","):
         start = time.perf_counter()

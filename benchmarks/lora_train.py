@@ -26,7 +26,7 @@ import torch
 from course_lib.recipes import RECIPES
 from course_lib.train import train
 
-UNET_LR = 3e-4  # the whole UNet: a smaller step than LoRA's 1e-3 (1e-3 made it forget the six colours faster)
+UNET_LR = 3e-4  # the whole UNet: the step of the earlier full fine-tune trial (full3, benchmarks/results/lora_orange_trials-*)
 
 
 def recipe_for(mode: str):

@@ -29,14 +29,15 @@ is the frozen model with its adapter, whose parameters and state are the adapter
 The decoder. A new word also needs pictures the VAE can draw, and the shapes VAE never saw
 orange: its encoder maps an orange picture to a latent E(x) that its decoder draws reddish (mean
 RGB of the shape about (215, 74, 37) for a target of (235, 130, 30); the 7-colour judge reads 34 %
-of them as orange). A UNet trained on E(x) learns that reddish latent. Moving the training
+of them as orange), so a UNet trained on E(x) would be taught reddish latents. Moving the training
 latents to ones the decoder draws orange (gradient steps on ||D(z) - x||^2 from E(x)) did not
 help: they lie far from the latents the encoder makes (mean |z - E(x)| 0.54, latent std 0.77),
-each picture's in its own direction, in a narrow region of the decoder, and a UNet trained on them
-drew red or yellow shapes, orange in only 39 % of seen prompts (issue 16's measurements). Here the
+each picture's in its own direction, in a narrow region of the decoder, and UNets trained on them
+(LoRA of rank 4 or 8, or the whole UNet) drew red or yellow shapes: orange in at most 49 % of seen
+prompts (benchmarks/results/lora_orange_trials-2026-11-30.json). Here the
 decoder learns instead: a LoRA update of rank 8 on every convolution of the decoder (about 75,000
-numbers, 0.3 MB), trained on orange pictures and on as many six-colour ones (so that those stay
-as they were), makes D'(E(x)) orange (judge: 99 % of orange pictures), and the UNet learns E(x) of
+numbers, 0.3 MB), trained on orange pictures and on as many six-colour ones (so that it keeps
+drawing those), makes D'(E(x)) orange (judge: 98 % of 300 orange pictures), and the UNet learns E(x) of
 orange pictures, which is smooth and consistent from picture to picture, like every latent it
 knows. So the adapter carries the decoder's update too, and ``load_adapter`` needs the VAE for it
 (``vae=``); the encoder is not changed, so img2img and inversion encode as before.

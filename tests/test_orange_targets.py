@@ -1,15 +1,16 @@
 """Issue 16's targets for the shipped "orange" adapter (data/checkpoints/shapes-lora-orange), measured.
 
-Pictures sampled as benchmarks/lora_eval.py samples them (50 DDIM steps, guidance 7.5, batches of
-80 pictures seeded 1000 + i), on fewer prompts so that the test takes a few minutes on one thread,
-read by the 7-colour judge (shapes-judge7, a CNN that shares no weights with the mini-SD):
+The pictures of benchmarks/lora_eval.py's default run (50 DDIM steps, guidance 7.5, batches of 80
+pictures seeded 1000 + i; about two minutes on one thread), read by the 7-colour judge
+(shapes-judge7, a CNN that shares no weights with the mini-SD):
 
-* seen orange prompts (circles and squares, 20 prompts x 2): all four attributes right;
-* held-out orange triangles (10 prompts x 4): colour and shape right;
-* prompts without "orange" with the adapter loaded (80 of the 160 six-colour prompts): all four right.
+* seen orange prompts (circles and squares, 20 prompts x 5): all four attributes right;
+* held-out orange triangles (10 prompts x 10): colour and shape right;
+* prompts without "orange" with the adapter loaded (the 160 six-colour prompts x 1): all four right.
 
-Each share is printed with its 95 % Wilson interval. The whole benchmark (more pictures) and its
-results: benchmarks/lora_eval.py, data/checkpoints/README.md.
+Each share is printed with its 95 % Wilson interval; the results are in data/checkpoints/README.md.
+Fewer pictures vary more: on 80 of the six-colour prompts (every other one) the adapter measured
+71 / 80 = 88.75 % [80-94 %] on 2026-11-30, against 153 / 160 = 95.6 % [91-98 %] here.
 """
 
 import pytest
@@ -20,7 +21,7 @@ from course_lib.orange import EXTENDED_JUDGE, extended_judge_report, orange_prom
 from course_lib.pretrained import available_checkpoints, load_course_model
 
 NEEDED = {"shapes-vae", "shapes-clip", "shapes-ldm", EXTENDED_JUDGE, "shapes-lora-orange"}
-pytestmark = [pytest.mark.slow,  # samples 160 pictures with 50 steps (minutes on one thread)
+pytestmark = [pytest.mark.slow,  # samples 360 pictures with 50 steps (minutes on one thread)
               pytest.mark.skipif(not NEEDED <= set(available_checkpoints()),
                                  reason="the mini-SD, the 7-colour judge or the orange adapter is not in the folder")]
 
@@ -37,8 +38,8 @@ def measured():
     pipe.set_progress_bar_config(disable=True)
     judge, _ = load_course_model(EXTENDED_JUDGE)
     pipe.load_lora("orange")
-    grids = {"seen": orange_prompt_grid(("circle", "square")) * 2, "triangles": orange_prompt_grid(("triangle",)) * 4,
-             "six": shapes_prompt_grid(False)[::2]}
+    grids = {"seen": orange_prompt_grid(("circle", "square")) * 5, "triangles": orange_prompt_grid(("triangle",)) * 10,
+             "six": shapes_prompt_grid(False)}
     reports = {}
     for name, grid in grids.items():
         images = []
@@ -54,15 +55,15 @@ def measured():
 
 
 def test_seen_orange_prompts(measured):
-    assert measured["seen"]["count"] == 40
+    assert measured["seen"]["count"] == 100
     assert measured["seen"]["all"] >= SEEN_TARGET, measured["seen"]
 
 
 def test_held_out_orange_triangles(measured):
-    assert measured["triangles"]["count"] == 40
+    assert measured["triangles"]["count"] == 100
     assert measured["triangles"]["color_and_shape"] >= TRIANGLE_TARGET, measured["triangles"]
 
 
 def test_the_six_colours_with_the_adapter_loaded(measured):
-    assert measured["six"]["count"] == 80
+    assert measured["six"]["count"] == 160
     assert measured["six"]["all"] >= SIX_TARGET, measured["six"]
