@@ -472,3 +472,12 @@ def test_the_adapter_loss_adds_the_decoders_reconstruction():
     assert decoder > 0 and {n.split(".")[0] for n, _ in model.named_parameters()} == {"token_theta", "unet", "vae"}
     with pytest.raises(ValueError, match="give the VAE exactly when"):
         AdaptedModel(tiny_unet(), *tiny_text_encoder(), config)
+
+
+def test_a_checkpoint_that_is_not_an_adapter_is_refused_naming_the_file(tmp_path):
+    unet = tiny_unet()
+    save_checkpoint(tmp_path / "shapes-lora-unet", unet, {"network": "UNet2DConditionModel", "step": 1})
+    tokenizer, text_encoder = tiny_text_encoder()
+    with pytest.raises(CheckpointError, match=r"shapes-lora-unet\.json.*not a LoRA adapter.*UNet2DConditionModel"):
+        load_adapter(tiny_unet(), tokenizer, text_encoder, "unet", folder=tmp_path)
+    assert text_encoder.get_input_embeddings().num_embeddings == len(tokenizer)
