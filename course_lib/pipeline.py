@@ -53,7 +53,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -67,7 +66,7 @@ from .nn.attention import fuse_projections as fuse_attention_projections
 from .nn.text import encode_text, tokenize_prompts
 from .nn.unet import UNet2DConditionModel
 from .nn.vae import AutoencoderKL
-from .pixels import from_uint8, to_uint8, to_unit
+from .pixels import image_batch, to_uint8, to_unit
 from .samplers import SAMPLER_NAMES, Sampler, make_sampler, randn_tensor
 from .schedules import NoiseSchedule
 from .sd_loading import (
@@ -485,7 +484,7 @@ class StableDiffusion:
             self.check_resources(batch_size, height, width, scales[0] > 1, encode=True)
             checked.update(prompts=prompts * (batch_size // len(prompts)), scales=scales)
 
-        images = _image_batch(image, check)
+        images = image_batch(image, check)
         return images, checked["prompts"], checked["scales"]
 
     @torch.no_grad()
@@ -901,54 +900,3 @@ def _check_finite_step(values: torch.Tensor, what: str, i: int, t, steps: int, s
         f"(SD's usual is 7.5; use 1 to about 20); or the starting latents (their values ran {seen}; z_T is "
         f"standard normal noise, torch.randn). In float16, float32 also avoids overflow."
     )
-
-
-def _image_batch(image, check: Callable[[int, int, int], None]) -> torch.Tensor:
-    """img2img's input -> a float tensor (B, 3, H, W) in [-1, 1]; ``check(B, H, W)`` runs before converting.
-
-    PIL images and 8-bit pixels (uint8 arrays or tensors, 0..255) are converted with
-    ``pixels.from_uint8``; float tensors (or arrays) must already be in [-1, 1].
-    """
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        image = [image]
-    if isinstance(image, (list, tuple)) and image and all(isinstance(i, Image.Image) for i in image):
-        sizes = sorted({i.size for i in image})
-        if len(sizes) != 1:
-            raise ValueError(f"The images have different sizes {[(h, w) for w, h in sizes]} (height, width); "
-                             f"resize them to one size first.")
-        width, height = sizes[0]
-        check(len(image), height, width)
-        # 0..255 -> [-1, 1]; (B, H, W, 3) -> (B, 3, H, W)
-        return from_uint8(np.stack([np.asarray(i.convert("RGB")) for i in image]))
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"image must be a PIL image, a list of PIL images, uint8 pixels (0..255) or a float tensor "
-                        f"(B, 3, H, W) in [-1, 1], got {type(image).__name__}.")
-    batch = image if image.ndim == 4 else image[None]
-    if image.dtype == torch.uint8:
-        channels_last = batch.ndim == 4 and batch.shape[-1] == 3
-        if batch.ndim != 4 or not (channels_last or batch.shape[1] == 3):
-            raise ValueError(f"image has shape {tuple(image.shape)}: 8-bit pixels are (B, H, W, 3) or (H, W, 3) "
-                             f"(a tensor also (B, 3, H, W)).")
-        height, width = batch.shape[1:3] if channels_last else batch.shape[2:]
-        check(batch.shape[0], height, width)
-        # 0..255 -> [-1, 1], channels first
-        return from_uint8(batch if channels_last else batch.permute(0, 2, 3, 1))
-    if image.is_complex() or not image.is_floating_point():
-        raise TypeError(f"image has dtype {image.dtype}: give 8-bit pixels as uint8 (0..255), or floats in [-1, 1].")
-    if batch.ndim != 4 or batch.shape[1] != 3:
-        raise ValueError(f"image has shape {tuple(image.shape)}, expected (B, 3, H, W) with values in [-1, 1].")
-    check(batch.shape[0], batch.shape[2], batch.shape[3])
-    if not torch.isfinite(batch).all():
-        raise ValueError("image has NaN or inf values. Give pixel values in [-1, 1].")
-    low, high = batch.min().item(), batch.max().item()
-    if low < -1 or high > 1:
-        raise ValueError(
-            f"image has values from {low:.4g} to {high:.4g}, outside [-1, 1], the range the VAE encodes. A picture "
-            f"in [0, 1] becomes [-1, 1] with course_lib.pixels.from_unit(x) (2x - 1); 8-bit pixels 0..255 can be "
-            f"given as they are, as uint8 (a PIL image, or a uint8 array or tensor)."
-        )
-    return batch.float()
