@@ -28,6 +28,7 @@ import torch
 from .captions import (ATTRIBUTES, COLOR_JITTER, COLORS, HELDOUT_PAIRS, IMAGE_SIZE, POSITION_JITTER, POSITIONS,  # noqa: F401
                        SHAPES, SIZES, _COLOR_NAMES, _POSITION_NAMES, _SIZE_NAMES, shape_caption)
 from .checks import check_choice, check_int_range
+from .pixels import from_uint8
 
 __all__ = [
     "load_digits",
@@ -335,9 +336,8 @@ def shapes_tensors(split: str = "train", num_images: int | None = None, seed: in
     """
     num_images = _check_shapes_args(split, num_images, seed)
     images, captions, _ = _make_shapes(split, num_images, seed)
-    # uint8 v in 0..255 -> x_0 = v / 127.5 - 1 in [-1, 1]; (N, H, W, C) -> (N, C, H, W)
-    x0 = torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x0.contiguous(), list(captions)
+    # uint8 (N, H, W, C) -> x_0 in [-1, 1], (N, C, H, W)
+    return from_uint8(images).contiguous(), list(captions)
 
 
 def shapes_attributes(split: str = "train", num_images: int | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
