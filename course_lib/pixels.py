@@ -42,7 +42,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 def from_uint8(pixels) -> torch.Tensor:
     """uint8 pixels, (N, H, W, C) or (H, W, C) numpy or tensor -> float32 in [-1, 1], (N, C, H, W) or (C, H, W)."""
-    array = torch.as_tensor(np.asarray(pixels))
+    array = torch.as_tensor(np.array(pixels))   # a copy: the pixels may be read-only (a cached array)
     if array.dtype != torch.uint8:
         raise TypeError(f"from_uint8 takes uint8 pixels (0..255), got dtype {array.dtype}. "
                         f"For floats in [0, 1] use from_unit; for [-1, 1] no conversion is needed.")
