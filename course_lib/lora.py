@@ -554,7 +554,7 @@ class AdaptedModel(nn.Module):
                 yield name, parameter
 
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """The adapter's tensors (see the class docstring), detached, on the CPU."""
+        """The adapter's tensors (see the class docstring), detached, on the CPU (a skeleton's stay on the meta device)."""
         from peft import get_peft_model_state_dict
 
         unet = (self.unet.state_dict() if self.config.train_unet
@@ -565,7 +565,8 @@ class AdaptedModel(nn.Module):
                             get_peft_model_state_dict(self.vae, adapter_name=PEFT_ADAPTER_NAME).items()})
         if self.token_id is not None:
             tensors[TOKEN_EMBEDDING_KEY] = self.token_embedding()
-        return {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+        return {key: value.detach() if value.is_meta else value.detach().cpu().contiguous()
+                for key, value in tensors.items()}
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Put saved adapter tensors back (the keys of :meth:`state_dict`, checked first)."""

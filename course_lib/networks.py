@@ -46,11 +46,12 @@ def _adapted_model(config: dict) -> AdaptedModel:
     """
     adapted = AdaptedModelConfig.from_dict(config)
     folder = checkpoint_dir()
-    unet = load_network(folder / adapted.base["unet"])[0]
-    clip = load_network(folder / adapted.base["text_encoder"])[0]
-    tokenizer = load_caption_tokenizer(folder / adapted.base["tokenizer"])
-    vae = load_network(folder / adapted.base["vae"])[0] if adapted.adapter.decoder_rank is not None else None
-    return AdaptedModel(unet, tokenizer, text_encoder_from_clip(clip), adapted, vae=vae)
+    with torch.device("cpu"):  # the frozen models hold real weights, also inside load_network's meta-device skeleton
+        unet = load_network(folder / adapted.base["unet"])[0]
+        clip = load_network(folder / adapted.base["text_encoder"])[0]
+        tokenizer = load_caption_tokenizer(folder / adapted.base["tokenizer"])
+        vae = load_network(folder / adapted.base["vae"])[0] if adapted.adapter.decoder_rank is not None else None
+        return AdaptedModel(unet, tokenizer, text_encoder_from_clip(clip), adapted, vae=vae)
 
 
 def build_network(name: str, config: dict) -> nn.Module:
