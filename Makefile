@@ -70,9 +70,15 @@ app: $(STAMP)
 # Everything, before a commit or a release: every unit test, the slow ones too (trainings, the
 # quality targets of the shipped models, nbgrader, DDP, the browser test driving lessons 05, 08 and
 # the app in Chromium, and the Chinese lesson 01 and app), then every notebook executed top to
-# bottom by nbval (notebooks/zh/ included).
+# bottom by nbval (notebooks/zh/ included), NB_WORKERS notebooks at a time (pytest-xdist; each
+# notebook whole on one worker, --dist loadscope; the lessons use one thread each). The notebooks
+# run even when a unit test failed; make test fails if either part did.
+NB_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest tests notebooks --nbval-lax --durations=15
+	$(BIN)/python -m pytest tests -p no:nbval --durations=15; units=$$?; \
+	$(BIN)/python -m pytest notebooks --nbval-lax -n $(NB_WORKERS) --dist loadscope --durations=10; notebooks=$$?; \
+	if [ $$units -ne 0 ] || [ $$notebooks -ne 0 ]; then \
+	    echo "make test: unit tests exit $$units, notebooks exit $$notebooks"; exit 1; fi
 
 # The quick check while changing course_lib: the unit tests without those marked slow
 # (@pytest.mark.slow; nbval not loaded), about a minute on a 2-core CPU.
@@ -80,7 +86,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow" -p no:nbval
 
 notebooks: $(STAMP)
-	$(BIN)/python -m pytest notebooks --nbval-lax
+	$(BIN)/python -m pytest notebooks --nbval-lax -n $(NB_WORKERS) --dist loadscope
 
 # Student versions of the notebooks in $(STUDENT_DIR)/ (the Chinese lessons in $(STUDENT_DIR)/zh/):
 # solutions replaced by raise NotImplementedError().
